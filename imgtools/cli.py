@@ -1,0 +1,130 @@
+"""The ``imgtools`` command: parse, call the library, print. Nothing else lives here.
+
+Exit codes: 0 when a run completes (even with per-image failures), 1 with ``--strict`` when any image
+failed, 2 for bad usage or a missing SOURCE (one line naming the problem, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+from .config import DEFAULT_MAX_PIXELS, LabelSource, OutputFormat, PresizeConfig, Resample, ResizeMode
+from .errors import ImgtoolsError
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_SAMPLE = "data/sample"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``imgtools: error: ...`` and exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"imgtools: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _storage_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"storage option {text!r} is not key=value")
+    return key, value
+
+
+def _choices(enum_cls) -> list[str]:
+    return [m.value for m in enum_cls]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``imgtools`` command."""
+    parser = _Parser(prog="imgtools", description="Presize image datasets for machine learning.")
+    parser.add_argument("--version", action="version", version=f"imgtools {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("presize", help="resize a folder, bucket or manifest of images into arrays or files")
+    p.add_argument("source", help="folder or URL of images, or a .csv/.parquet manifest with a 'path' column")
+    p.add_argument("dest", help="folder or URL for the output (created when missing)")
+    p.add_argument("--size", action="append", metavar="N|WxH", help="target size, repeatable (default 64)")
+    p.add_argument("--mode", default="crop", choices=_choices(ResizeMode))
+    p.add_argument("--format", default="zarr", choices=_choices(OutputFormat))
+    p.add_argument("--labels", default="folder", choices=_choices(LabelSource))
+    p.add_argument("--chunk", type=int, default=256, help="images per chunk and per task (default 256)")
+    p.add_argument("--resample", default="lanczos", choices=_choices(Resample))
+    p.add_argument("--background", default="white", help="colour under transparent pixels (default white)")
+    p.add_argument("--pad-color", default="black", help="colour of the padding in --mode pad (default black)")
+    p.add_argument("--only-if-bigger", action="store_true", help="never enlarge an image")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images with more decoded pixels (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--formats", help="comma-separated Pillow formats to accept (default JPEG,PNG,WEBP,GIF,BMP,TIFF)")
+    p.add_argument("--quality", type=int, default=90, help="encoder quality for jpeg/webp output")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
+    where.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core; 0: in this process)")
+    p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
+                   help="fsspec option for SOURCE and DEST, repeatable")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier output at DEST and start again")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="write the sample dataset (labelled folders of mixed images, a few broken)")
+    s.add_argument("dest", nargs="?", default=DEFAULT_SAMPLE, help=f"folder to write (default {DEFAULT_SAMPLE})")
+    s.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
+    s.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _presize(args: argparse.Namespace) -> int:
+    from .pipeline import presize
+
+    config = PresizeConfig.build(
+        sizes=args.size or [64], mode=args.mode, format=args.format, labels=args.labels, chunk=args.chunk,
+        resample=args.resample, background=args.background, pad_color=args.pad_color,
+        only_if_bigger=args.only_if_bigger, max_pixels=args.max_pixels, quality=args.quality,
+        formats=[f for f in args.formats.split(",") if f.strip()] if args.formats else None,
+    )
+    report = presize(args.source, args.dest, config=config, scheduler=args.scheduler, workers=args.workers,
+                     storage_options=dict(args.storage_option), overwrite=args.overwrite, progress=not args.quiet)
+    print(report)
+    if report.failed:
+        shown = report.failures.head(10)
+        for origin, error in zip(shown["origin"], shown["error"]):
+            print(f"  failed: {origin}: {error}")
+        if report.failed > len(shown):
+            print(f"  ... {report.failed - len(shown)} more in {report.dest}/manifest.parquet")
+    return 1 if args.strict and report.failed else 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .sample import make_sample
+
+    info = make_sample(args.dest, n=args.n, seed=args.seed)
+    print(f"sample dataset: {info.n} files in {len(info.classes)} labelled folders ({len(info.broken)} broken) at {info.path}")
+    return 0
+
+
+_COMMANDS = {"presize": _presize, "sample": _sample}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``imgtools`` command line; returns the exit code.
+
+    Examples
+    --------
+    >>> main(["presize", "photos/", "photos.zarr", "--size", "64", "--size", "224"])   # doctest: +SKIP
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ImgtoolsError as exc:
+        sys.stderr.write(f"imgtools: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("imgtools: interrupted; run the same command again to resume\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The one frozen configuration object that travels through every stage.
+
+Stages receive a :class:`PresizeConfig` instead of long argument lists. Choices are enums; every value
+is checked once, here, and a bad one raises :class:`~imgtools.errors.ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "ResizeMode",
+    "OutputFormat",
+    "LabelSource",
+    "Resample",
+    "Size",
+    "PresizeConfig",
+    "parse_size",
+    "parse_color",
+    "DEFAULT_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+]
+
+#: Pillow format names decoded by default; anything else is refused unless ``formats`` widens the list.
+DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: Pixels an image may have *as decoded* (after JPEG draft reduction) before it is refused unread.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class _Choice(str, enum.Enum):
+    """A string enum whose lookup error names the bad value and the allowed ones."""
+
+    @classmethod
+    def parse(cls, value: Any) -> "_Choice":
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            allowed = "|".join(m.value for m in cls)
+            raise ConfigError(f"{cls._label()} {value!r} is not one of {allowed}") from None
+
+    @classmethod
+    def _label(cls) -> str:
+        return re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ResizeMode(_Choice):
+    """How an image meets its target size."""
+
+    SQUASH = "squash"  #: stretch to exactly W x H
+    CROP = "crop"  #: shortest side to the target, then a centre crop
+    PAD = "pad"  #: fit inside W x H, pad the rest with ``pad_color``
+    SHORTEST = "shortest"  #: shortest side to N, keep the aspect (variable size)
+    LONGEST = "longest"  #: longest side to N, keep the aspect (variable size)
+
+    @property
+    def variable(self) -> bool:
+        """True when the output size depends on the image (needs an image-file format)."""
+        return self in (ResizeMode.SHORTEST, ResizeMode.LONGEST)
+
+
+class OutputFormat(_Choice):
+    """Where and how results are written."""
+
+    ZARR = "zarr"
+    NPY = "npy"
+    JPEG = "jpeg"
+    PNG = "png"
+    WEBP = "webp"
+
+    @property
+    def is_array(self) -> bool:
+        """True for fixed-shape array stores (zarr, npy)."""
+        return self in (OutputFormat.ZARR, OutputFormat.NPY)
+
+
+class LabelSource(_Choice):
+    """Where labels come from when listing a folder."""
+
+    FOLDER = "folder"  #: the first folder level under SOURCE
+    NONE = "none"
+
+
+class Resample(_Choice):
+    """The antialiased resampling filter used for downscaling."""
+
+    LANCZOS = "lanczos"
+    BICUBIC = "bicubic"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Size:
+    """One target size: ``width`` x ``height`` pixels (for shortest/longest, ``width == height == N``)."""
+
+    width: int
+    height: int
+
+    def key(self, mode: ResizeMode) -> str:
+        """The name of this size in the output: ``64x64``, ``short160`` or ``long512``."""
+        if mode is ResizeMode.SHORTEST:
+            return f"short{self.width}"
+        if mode is ResizeMode.LONGEST:
+            return f"long{self.width}"
+        return f"{self.width}x{self.height}"
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*$")
+
+
+def parse_size(value: int | str | Sequence[int] | Size) -> Size:
+    """Parse ``64``, ``"64"``, ``"320x240"`` (width x height) or ``(320, 240)`` into a :class:`Size`.
+
+    Examples
+    --------
+    >>> parse_size("320x240")
+    Size(width=320, height=240)
+    >>> parse_size(64)
+    Size(width=64, height=64)
+    """
+    if isinstance(value, Size):
+        w, h = value.width, value.height
+    elif isinstance(value, bool):
+        raise ConfigError(f"size {value!r} is not N or WxH")
+    elif isinstance(value, int):
+        w = h = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ConfigError(f"size {value!r} is not N or WxH")
+        w = int(m.group(1))
+        h = int(m.group(2) or m.group(1))
+    elif isinstance(value, Sequence) and len(value) == 2:
+        w, h = (int(v) for v in value)
+    else:
+        raise ConfigError(f"size {value!r} is not N or WxH")
+    if not (1 <= w <= 65535 and 1 <= h <= 65535):
+        raise ConfigError(f"size {value!r} must be between 1 and 65535 pixels a side")
+    return Size(w, h)
+
+
+_NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128)}
+
+
+def parse_color(value: str | Sequence[int]) -> tuple[int, int, int]:
+    """Parse ``"white"``, ``"#ff8800"``, ``"255,136,0"`` or ``(255, 136, 0)`` into an RGB tuple.
+
+    Examples
+    --------
+    >>> parse_color("#ff8800")
+    (255, 136, 0)
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _NAMED_COLORS:
+            return _NAMED_COLORS[text]
+        if re.fullmatch(r"#[0-9a-f]{6}", text):
+            return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        parts = text.split(",")
+    else:
+        parts = list(value)
+    try:
+        rgb = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"colour {value!r} is not a name, #rrggbb or r,g,b") from None
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ConfigError(f"colour {value!r} is not a name, #rrggbb or r,g,b")
+    return rgb  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class PresizeConfig:
+    """Everything that decides the output of a presize run; equal configs give identical outputs.
+
+    Build it with :meth:`build` from plain values (strings, ints), which checks each one.
+
+    Examples
+    --------
+    >>> cfg = PresizeConfig.build(sizes=[64, "320x240"], mode="crop")
+    >>> [s.key(cfg.mode) for s in cfg.sizes]
+    ['64x64', '320x240']
+    """
+
+    sizes: tuple[Size, ...] = (Size(64, 64),)
+    mode: ResizeMode = ResizeMode.CROP
+    format: OutputFormat = OutputFormat.ZARR
+    labels: LabelSource = LabelSource.FOLDER
+    chunk: int = 256
+    resample: Resample = Resample.LANCZOS
+    background: tuple[int, int, int] = (255, 255, 255)
+    pad_color: tuple[int, int, int] = (0, 0, 0)
+    only_if_bigger: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    draft_factor: float = 2.0
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        if not self.sizes:
+            raise ConfigError("sizes is empty: give at least one --size")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ConfigError(f"sizes {[s.key(self.mode) for s in self.sizes]} repeat a size")
+        if not 1 <= self.chunk <= 1_000_000:
+            raise ConfigError(f"chunk {self.chunk!r} must be between 1 and 1000000")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels {self.max_pixels!r} must be positive")
+        if not 1.0 <= self.draft_factor <= 8.0:
+            raise ConfigError(f"draft_factor {self.draft_factor!r} must be between 1 and 8")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"quality {self.quality!r} must be between 1 and 100")
+        if self.mode.variable and self.format.is_array:
+            raise ConfigError(
+                f"mode {self.mode.value!r} gives images of varying size, which a {self.format.value!r} "
+                "array cannot hold: use --format jpeg|png|webp, or --mode squash|crop|pad"
+            )
+        if self.mode.variable and any(s.width != s.height for s in self.sizes):
+            raise ConfigError(f"mode {self.mode.value!r} takes one number per --size, not WxH")
+
+    @classmethod
+    def build(
+        cls,
+        sizes: Iterable[int | str | Sequence[int] | Size] = (64,),
+        mode: str | ResizeMode = ResizeMode.CROP,
+        format: str | OutputFormat = OutputFormat.ZARR,
+        labels: str | LabelSource = LabelSource.FOLDER,
+        chunk: int = 256,
+        resample: str | Resample = Resample.LANCZOS,
+        background: str | Sequence[int] = (255, 255, 255),
+        pad_color: str | Sequence[int] = (0, 0, 0),
+        only_if_bigger: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        formats: Iterable[str] | None = None,
+        quality: int = 90,
+    ) -> "PresizeConfig":
+        """Check plain values and build a config; raises ConfigError naming the first bad one."""
+        if isinstance(sizes, (int, str, Size)):
+            sizes = [sizes]
+        fmts = DEFAULT_FORMATS if formats is None else tuple(dict.fromkeys(f.upper() for f in formats))
+        return cls(
+            sizes=tuple(parse_size(s) for s in sizes),
+            mode=ResizeMode.parse(mode),  # type: ignore[arg-type]
+            format=OutputFormat.parse(format),  # type: ignore[arg-type]
+            labels=LabelSource.parse(labels),  # type: ignore[arg-type]
+            chunk=int(chunk),
+            resample=Resample.parse(resample),  # type: ignore[arg-type]
+            background=parse_color(background),
+            pad_color=parse_color(pad_color),
+            only_if_bigger=bool(only_if_bigger),
+            max_pixels=int(max_pixels),
+            formats=fmts,
+            quality=int(quality),
+        )
+
+    @property
+    def size_keys(self) -> list[str]:
+        """The output names of the sizes, in order."""
+        return [s.key(self.mode) for s in self.sizes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (enums as strings, sizes as ``WxH``); :meth:`from_dict` inverts it."""
+        out = dataclasses.asdict(self)
+        out["sizes"] = [f"{s.width}x{s.height}" for s in self.sizes]
+        for f in dataclasses.fields(self):
+            if isinstance(out[f.name], enum.Enum):
+                out[f.name] = out[f.name].value
+            elif isinstance(out[f.name], tuple):
+                out[f.name] = list(out[f.name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PresizeConfig":
+        """Rebuild a config written by :meth:`to_dict`."""
+        d = dict(data)
+        d.pop("draft_factor", None)
+        return cls.build(**d)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys) used to compare configs between runs."""
+        return json.dumps(self.to_dict(), sort_keys=True)

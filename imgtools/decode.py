@@ -1,0 +1,202 @@
+"""Decode stage: image bytes -> an RGB ``uint8`` array, upright (EXIF orientation applied).
+
+Pillow does the decoding. JPEGs are decoded in the DCT domain at the smallest scale that still leaves
+the requested size (see :func:`imgtools.resize.draft_request`), every Pillow mode is brought to RGB with
+the :mod:`imgtools.kernels`, and a pixel-count guard refuses decompression bombs before any pixel is
+decoded. Only formats in ``config.formats`` are opened, so untrusted bytes never reach rarely used
+decoders or make Pillow start an outside program. Every failure is a :class:`~imgtools.errors.DecodeError`
+whose message is the reason recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import kernels
+from .config import PresizeConfig
+from .errors import DecodeError
+
+__all__ = ["Decoded", "decode", "ORIENTATION_SWAPS"]
+
+_ORIENTATION_TAG = 0x0112
+#: EXIF orientations that swap width and height.
+ORIENTATION_SWAPS = frozenset({5, 6, 7, 8})
+# Pillow's own bomb check reads a process-wide global; imgtools applies its own guard (max_pixels, on
+# the pixels actually decoded), so the global is lifted, under a lock, only while a header is parsed.
+_OPEN_LOCK = threading.Lock()
+
+# Pillow mode -> (mode to convert to first, or None to keep; layout handed to the kernels).
+_MODES: dict[str, tuple[str | None, kernels.ChannelLayout]] = {
+    "1": ("L", kernels.ChannelLayout.GRAY),
+    "L": (None, kernels.ChannelLayout.GRAY),
+    "LA": (None, kernels.ChannelLayout.GRAY_ALPHA),
+    "La": ("LA", kernels.ChannelLayout.GRAY_ALPHA),
+    "P": ("RGB", kernels.ChannelLayout.RGB),
+    "PA": ("RGBA", kernels.ChannelLayout.RGBA),
+    "RGB": (None, kernels.ChannelLayout.RGB),
+    "RGBA": (None, kernels.ChannelLayout.RGBA),
+    "RGBa": ("RGBA", kernels.ChannelLayout.RGBA),
+    "RGBX": ("RGB", kernels.ChannelLayout.RGB),
+    "CMYK": ("RGB", kernels.ChannelLayout.RGB),
+    "YCbCr": ("RGB", kernels.ChannelLayout.RGB),
+    "LAB": ("RGB", kernels.ChannelLayout.RGB),
+    "HSV": ("RGB", kernels.ChannelLayout.RGB),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """One decoded image: ``pixels`` (H x W x 3 uint8, upright, possibly reduced by JPEG draft decoding),
+    the original ``width`` x ``height`` after EXIF orientation, its Pillow ``mode`` and ``format``."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    with _OPEN_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data), formats=list(formats))
+        except UnidentifiedImageError:
+            raise DecodeError(f"not an image in an allowed format ({', '.join(formats)})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        if img.format == "PNG":  # PNG's getexif() decodes every pixel to look for a late eXIf chunk
+            exif = Image.Exif()
+            if img.info.get("exif"):
+                exif.load(img.info["exif"])
+        else:
+            exif = img.getexif()
+        value = int(exif.get(_ORIENTATION_TAG, 1))
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+# EXIF orientation -> the array operation that makes the picture upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an H x W x C array."""
+    if orientation in _UPRIGHT:
+        return np.ascontiguousarray(_UPRIGHT[orientation](arr))
+    return arr
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        raw = np.asarray(img)
+        if mode == "I":
+            raw = np.clip(raw, 0, 65535)
+        return kernels.to_rgb(kernels.u16_to_u8(raw), kernels.ChannelLayout.GRAY)
+    if mode == "F":
+        return kernels.to_rgb(kernels.float_to_u8(np.asarray(img)), kernels.ChannelLayout.GRAY)
+    if "transparency" in img.info and mode in ("P", "L", "RGB", "1"):
+        convert, layout = "RGBA", kernels.ChannelLayout.RGBA
+    elif mode == "P" and img.palette is not None and img.palette.mode == "RGBA":
+        convert, layout = "RGBA", kernels.ChannelLayout.RGBA
+    elif mode in _MODES:
+        convert, layout = _MODES[mode]
+    else:
+        raise DecodeError(f"unsupported image mode {mode!r}")
+    if convert is not None:
+        img = img.convert(convert)
+    if layout is kernels.ChannelLayout.RGB:
+        return np.asarray(img)  # already a fresh H x W x 3 array
+    return kernels.to_rgb(np.asarray(img), layout, background)
+
+
+def decode(
+    data: bytes,
+    config: PresizeConfig,
+    request: Callable[[int, int], tuple[int, int]] | None = None,
+) -> Decoded:
+    """Decode image bytes into an upright RGB array.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded file.
+    config : PresizeConfig
+        Supplies ``formats`` (allowed Pillow formats), ``max_pixels`` and ``background`` (for alpha).
+    request : callable, optional
+        ``request(width, height) -> (min_width, min_height)``: given the upright size, the smallest
+        upright size the caller still needs. JPEGs are then decoded at the smallest DCT scale (1/2, 1/4,
+        1/8) that keeps at least that much. ``None`` decodes at full size.
+
+    Returns
+    -------
+    Decoded
+
+    Raises
+    ------
+    DecodeError
+        With the reason, for anything that is not a decodable image within the limits.
+
+    Examples
+    --------
+    >>> from PIL import Image; import io
+    >>> buf = io.BytesIO(); Image.new("L", (4, 3), 9).save(buf, "PNG")
+    >>> d = decode(buf.getvalue(), PresizeConfig())
+    >>> d.pixels.shape, d.mode
+    ((3, 4, 3), 'L')
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about odd files; a failure is reported as a reason
+        try:
+            return _decode(data, config, request)
+        except DecodeError:
+            raise
+        except MemoryError:
+            raise DecodeError("out of memory while decoding") from None
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise DecodeError(f"{type(exc).__name__}: {text}" if text else type(exc).__name__) from None
+
+
+def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
+    img = _open(data, config.formats)
+    fmt = img.format or "unknown"
+    orientation = _orientation(img)
+    mode = img.mode
+    stored_w, stored_h = img.size
+    width, height = (stored_h, stored_w) if orientation in ORIENTATION_SWAPS else (stored_w, stored_h)
+    if request is not None and fmt in ("JPEG", "MPO"):
+        need_w, need_h = request(width, height)
+        if orientation in ORIENTATION_SWAPS:
+            need_w, need_h = need_h, need_w
+        img.draft(None, (max(1, need_w), max(1, need_h)))
+    dw, dh = img.size
+    if dw * dh > config.max_pixels:
+        raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {config.max_pixels}")
+    img.load()
+    pixels = _orient(_to_rgb(img, config.background), orientation)
+    return Decoded(pixels=pixels, width=width, height=height, mode=mode, format=fmt)

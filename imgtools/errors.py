@@ -1,0 +1,41 @@
+"""The exceptions imgtools raises.
+
+Every error is an :class:`ImgtoolsError` and also a built-in exception, so callers can catch either.
+Per-image problems are never raised out of a run: they become manifest rows with a reason.
+All exceptions pickle, so they cross Dask process boundaries intact.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ImgtoolsError",
+    "ConfigError",
+    "SourceError",
+    "DestinationError",
+    "DecodeError",
+    "UnsupportedError",
+]
+
+
+class ImgtoolsError(ValueError):
+    """Base class of every imgtools error."""
+
+
+class ConfigError(ImgtoolsError):
+    """A bad argument or an inconsistent combination of options; the message names the value."""
+
+
+class SourceError(ImgtoolsError, FileNotFoundError):
+    """The SOURCE is missing, empty, or a manifest that cannot be read."""
+
+
+class DestinationError(ImgtoolsError, FileExistsError):
+    """DEST holds a different job (other config or inputs) and ``overwrite`` was not given."""
+
+
+class DecodeError(ImgtoolsError):
+    """One image cannot be decoded; its message becomes the manifest ``error`` of that row."""
+
+
+class UnsupportedError(ImgtoolsError, NotImplementedError):
+    """A valid request that this output form cannot serve (e.g. a variable size into a fixed array)."""

@@ -1,0 +1,132 @@
+"""Resize stage: geometry of each mode, and the antialiased resampling itself.
+
+A :class:`Plan` says which box of the source is resampled to which size and where that lands on the
+output canvas; the same plan tells the decoder how much resolution it may drop (:func:`draft_request`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+from .config import PresizeConfig, Resample, ResizeMode, Size
+
+__all__ = ["Plan", "plan", "draft_request", "resize", "resize_all"]
+
+_FILTERS = {Resample.LANCZOS: Image.Resampling.LANCZOS, Resample.BICUBIC: Image.Resampling.BICUBIC}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Resample ``box`` (x0, y0, x1, y1 in source pixels) to ``scaled`` (w, h), placed at ``offset`` on a
+    ``canvas`` (w, h) filled with the pad colour."""
+
+    box: tuple[float, float, float, float]
+    scaled: tuple[int, int]
+    canvas: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def _side(value: float) -> int:
+    return max(1, int(round(value)))
+
+
+def plan(width: int, height: int, size: Size, mode: ResizeMode, only_if_bigger: bool = False) -> Plan:
+    """The geometry that brings a ``width`` x ``height`` image to ``size`` in ``mode``.
+
+    With ``only_if_bigger``, nothing is enlarged: a smaller image keeps its scale and, for the fixed-size
+    modes, is centred on the padded canvas.
+
+    Examples
+    --------
+    >>> plan(400, 200, Size(100, 100), ResizeMode.CROP).box
+    (100.0, 0.0, 300.0, 200.0)
+    >>> plan(400, 200, Size(100, 100), ResizeMode.PAD).scaled
+    (100, 50)
+    """
+    w, h = float(width), float(height)
+    full = (0.0, 0.0, w, h)
+    cap = (lambda s: min(s, 1.0)) if only_if_bigger else (lambda s: s)
+    if mode in (ResizeMode.SHORTEST, ResizeMode.LONGEST):
+        side = min(w, h) if mode is ResizeMode.SHORTEST else max(w, h)
+        s = cap(size.width / side)
+        scaled = (_side(w * s), _side(h * s))
+        return Plan(full, scaled, scaled, (0, 0))
+    target = (size.width, size.height)
+    if mode is ResizeMode.SQUASH:
+        scaled = (_side(w * cap(size.width / w)), _side(h * cap(size.height / h)))
+        box = full
+    elif mode is ResizeMode.PAD:
+        s = cap(min(size.width / w, size.height / h))
+        scaled = (min(size.width, _side(w * s)), min(size.height, _side(h * s)))
+        box = full
+    else:  # CROP: the shortest side meets the target, the rest is cut off evenly
+        s = cap(max(size.width / w, size.height / h))
+        bw, bh = min(w, size.width / s), min(h, size.height / s)
+        box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
+        scaled = (min(size.width, _side(bw * s)), min(size.height, _side(bh * s)))
+    offset = ((target[0] - scaled[0]) // 2, (target[1] - scaled[1]) // 2)
+    return Plan(box, scaled, target, offset)
+
+
+def draft_request(width: int, height: int, config: PresizeConfig) -> tuple[int, int]:
+    """The smallest upright size a ``width`` x ``height`` image may be decoded at for every size of
+    ``config``: ``draft_factor`` (2) times the resolution each plan samples, so no quality is lost.
+
+    Examples
+    --------
+    >>> draft_request(500, 375, PresizeConfig.build(sizes=[64], mode="squash"))
+    (128, 128)
+    """
+    need_w = need_h = 1
+    for size in config.sizes:
+        p = plan(width, height, size, config.mode, config.only_if_bigger)
+        x0, y0, x1, y1 = p.box
+        need_w = max(need_w, math.ceil(config.draft_factor * p.scaled[0] * width / (x1 - x0)))
+        need_h = max(need_h, math.ceil(config.draft_factor * p.scaled[1] * height / (y1 - y0)))
+    return min(need_w, width), min(need_h, height)
+
+
+def resize(image: Image.Image, size: Size, config: PresizeConfig, original: tuple[int, int]) -> np.ndarray:
+    """Resize one upright RGB image to ``size`` following ``config`` (mode, filter, pad colour).
+
+    ``original`` is the (width, height) the image had before any draft reduction: the plan is made on it,
+    so the output does not depend on how much the decoder reduced.
+
+    Examples
+    --------
+    >>> img = Image.new("RGB", (400, 200), (9, 9, 9))
+    >>> resize(img, Size(64, 64), PresizeConfig.build(mode="pad"), (400, 200)).shape
+    (64, 64, 3)
+    """
+    p = plan(original[0], original[1], size, config.mode, config.only_if_bigger)
+    fx, fy = image.width / original[0], image.height / original[1]
+    x0, y0, x1, y1 = p.box
+    box = (x0 * fx, y0 * fy, x1 * fx, y1 * fy)
+    if p.scaled == image.size and box == (0.0, 0.0, float(image.width), float(image.height)):
+        out = np.asarray(image)
+    else:
+        out = np.asarray(image.resize(p.scaled, _FILTERS[config.resample], box=box))
+    if p.scaled == p.canvas:
+        return out
+    canvas = np.empty((p.canvas[1], p.canvas[0], 3), np.uint8)
+    canvas[...] = np.asarray(config.pad_color, np.uint8)
+    ox, oy = p.offset
+    canvas[oy : oy + out.shape[0], ox : ox + out.shape[1]] = out
+    return canvas
+
+
+def resize_all(pixels: np.ndarray, config: PresizeConfig, original: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Every size of ``config`` from one decoded RGB array, keyed by size name (``64x64``, ``short160``).
+
+    Examples
+    --------
+    >>> out = resize_all(np.zeros((30, 40, 3), np.uint8), PresizeConfig.build(sizes=[8, 16]), (40, 30))
+    >>> {k: v.shape for k, v in out.items()}
+    {'8x8': (8, 8, 3), '16x16': (16, 16, 3)}
+    """
+    image = Image.fromarray(pixels)
+    return {s.key(config.mode): resize(image, s, config, original) for s in config.sizes}

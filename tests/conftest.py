@@ -1,0 +1,169 @@
+"""Shared fixtures: datasets the tests make themselves, the shared ImageNet sample, a Dask cluster."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+IMAGENET = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
+
+
+@pytest.fixture(scope="session")
+def imagenet() -> pathlib.Path:
+    """The 1000 real ImageNet JPEGs beside the project (read in place, never copied)."""
+    if not IMAGENET.is_dir() or not any(IMAGENET.iterdir()):
+        pytest.skip(f"the ImageNet sample is not at {IMAGENET}")
+    return IMAGENET
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A real LocalCluster: two single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def encode(img: Image.Image, fmt: str, **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def gradient(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth RGB picture with some texture: easy to check after resizing."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 255 * x / max(width - 1, 1)
+    g = 255 * y / max(height - 1, 1)
+    b = 128 + 100 * np.sin((x + y) / 7.0)
+    img = np.stack([r, g, b], axis=-1) + rng.normal(0, 4, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose valid IHDR claims ``width`` x ``height``, followed by garbage instead of pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    garbage = bytes(range(64))
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
+            + struct.pack(">I", len(garbage)) + b"IDAT" + garbage + b"\x00" * 4)
+
+
+def with_orientation(img: Image.Image, orientation: int) -> bytes:
+    """A JPEG of ``img`` stored so that EXIF ``orientation`` brings it back upright."""
+    inverse = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_270}
+    stored = img.transpose(inverse[orientation]) if orientation in inverse else img
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, "JPEG", quality=95, exif=exif)
+
+
+def hostile_files() -> dict[str, bytes]:
+    """Name -> bytes of every kind of awkward or broken input; names ending in ``!`` must fail."""
+    rgb = Image.fromarray(gradient(120, 80))
+    jpeg = encode(rgb, "JPEG", quality=90)
+    png = encode(rgb, "PNG")
+    rng = np.random.default_rng(1)
+    corrupt_png = bytearray(png)
+    corrupt_png[60:200] = rng.integers(0, 256, 140, dtype=np.uint8).tobytes()
+    corrupt_jpeg = bytearray(jpeg)
+    corrupt_jpeg[2:40] = b"\x00" * 38
+    p_trans = Image.new("P", (40, 30))
+    p_trans.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    p_trans.paste(1, (10, 5, 30, 25))
+    anim = [Image.new("RGB", (50, 40), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    gif = io.BytesIO()
+    anim[0].save(gif, "GIF", save_all=True, append_images=anim[1:], duration=100, loop=0)
+    i16 = Image.fromarray((np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16))
+    return {
+        "ok/plain.jpg": jpeg,
+        "ok/with space.jpg": jpeg,
+        "ok/hash#1.png": png,
+        "ok/what?.png": png,
+        "ok/[brackets].jpg": jpeg,
+        "ok/ünïcödé-日本.jpg": jpeg,
+        "ok/cmyk.jpg": encode(rgb.convert("CMYK"), "JPEG"),
+        "ok/sixteen.png": encode(i16, "PNG"),
+        "ok/palette-transparent.png": encode(p_trans, "PNG", transparency=0),
+        "ok/palette-transparent.gif": encode(p_trans, "GIF", transparency=0),
+        "ok/rotated6.jpg": with_orientation(rgb, 6),
+        "ok/animated.gif": gif.getvalue(),
+        "ok/one.png": encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"),
+        "ok/thin.png": encode(Image.fromarray(gradient(4000, 3)), "PNG"),
+        "ok/rgba.webp": encode(rgb.convert("RGBA"), "WEBP", lossless=True),
+        "ok/bilevel.bmp": encode(rgb.convert("1"), "BMP"),
+        "ok/x.jpg/inside.tif": encode(rgb, "TIFF"),
+        "bad/empty.jpg!": b"",
+        "bad/text.jpg!": b"this is not a picture\n" * 10,
+        "bad/truncated.jpg!": jpeg[: len(jpeg) * 2 // 5],
+        "bad/corrupt.png!": bytes(corrupt_png),
+        "bad/corrupt.jpg!": bytes(corrupt_jpeg),
+        "bad/huge-header.png!": png_header_only(40000, 40000),
+        "bad/postscript.eps!": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+    }
+
+
+@pytest.fixture
+def hostile_dir(tmp_path) -> pathlib.Path:
+    """A folder of awkward and broken files (see :func:`hostile_files`)."""
+    root = tmp_path / "hostile"
+    for name, data in hostile_files().items():
+        path = root / name.rstrip("!")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def make_labelled(root: pathlib.Path, per_class: int = 20, classes: int = 4, seed: int = 0) -> list[tuple[str, int]]:
+    """Write ``classes`` folders of distinguishable images of mixed sizes and formats; returns
+    (relpath, class index) in sorted order."""
+    rng = np.random.default_rng(seed)
+    colors = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40), (200, 60, 200), (40, 200, 200)]
+    out = []
+    for c in range(classes):
+        for i in range(per_class):
+            w, h = int(rng.integers(40, 300)), int(rng.integers(40, 300))
+            base = np.asarray(colors[c], np.float32) * rng.uniform(0.7, 1.0)
+            arr = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+            fmt, ext = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")][i % 3]
+            rel = f"class{c}/img{i:03d}.{ext}"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(encode(Image.fromarray(arr), fmt))
+            out.append((rel, c))
+    return sorted(out)
+
+
+@pytest.fixture
+def labelled_dir(tmp_path) -> pathlib.Path:
+    root = tmp_path / "labelled"
+    make_labelled(root)
+    return root
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB, capped at 100 for identical images."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse < 1e-10 else min(100.0, float(10 * np.log10(255.0**2 / mse)))
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for running the ``imgtools`` command in a subprocess."""
+    env = dict(os.environ)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return env

@@ -84,6 +84,11 @@ class OutputFormat(_Choice):
         """True for fixed-shape array stores (zarr, npy)."""
         return self in (OutputFormat.ZARR, OutputFormat.NPY)
 
+    @property
+    def pillow_format(self) -> str | None:
+        """The Pillow format of an image-file output (``JPEG``, ``PNG``, ``WEBP``); None for arrays."""
+        return None if self.is_array else self.value.upper()
+
 
 class LabelSource(_Choice):
     """Where labels come from when listing a folder."""

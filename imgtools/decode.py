@@ -54,13 +54,15 @@ _MODES: dict[str, tuple[str | None, kernels.ChannelLayout]] = {
 @dataclasses.dataclass(frozen=True)
 class Decoded:
     """One decoded image: ``pixels`` (H x W x 3 uint8, upright, possibly reduced by JPEG draft decoding),
-    the original ``width`` x ``height`` after EXIF orientation, its Pillow ``mode`` and ``format``."""
+    the original ``width`` x ``height`` after EXIF orientation, its Pillow ``mode`` and ``format``, and
+    the EXIF ``orientation`` that was applied (1: none)."""
 
     pixels: np.ndarray
     width: int
     height: int
     mode: str
     format: str
+    orientation: int = 1
 
 
 def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
@@ -199,4 +201,4 @@ def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
         raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {config.max_pixels}")
     img.load()
     pixels = _orient(_to_rgb(img, config.background), orientation)
-    return Decoded(pixels=pixels, width=width, height=height, mode=mode, format=fmt)
+    return Decoded(pixels=pixels, width=width, height=height, mode=mode, format=fmt, orientation=orientation)

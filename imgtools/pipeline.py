@@ -6,9 +6,11 @@ decodes, resizes and writes its chunk itself, and only manifest rows come back t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,6 +23,7 @@ from .config import PresizeConfig, Size
 from .errors import ConfigError
 from .engine import manifest_frame, process_chunk
 from .sinks import make_sink
+from .sinks.base import LOCK_TTL
 from .sources import list_source
 
 __all__ = ["presize", "PresizeReport"]
@@ -37,17 +40,14 @@ class PresizeReport:
     seconds: float
     chunks_done: int
     chunks_resumed: int
+    processed: int
     sizes: tuple[str, ...]
     failures: pd.DataFrame
 
     @property
     def images_per_second(self) -> float:
-        """Images processed in this run per second of wall time (resumed chunks excluded)."""
+        """Images processed in this run per second of wall time (resumed ones excluded)."""
         return self.processed / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def processed(self) -> int:
-        return int(self.failures.attrs.get("processed", self.total))
 
     def __str__(self) -> str:
         resumed = f", {self.chunks_resumed} chunks resumed" if self.chunks_resumed else ""
@@ -126,31 +126,72 @@ def presize(
     listing = list_source(source, config.labels, storage_options)
     items = listing.items
     sink = make_sink(dest, config, storage_options)
-    done = sink.prepare(len(items), _job(config, items), overwrite=overwrite)
-    chunk = config.chunk
-    todo = [(i, items.iloc[s : s + chunk]) for i, s in enumerate(range(0, len(items), chunk)) if i not in done]
-    parts = dict(done)
-    bar = _progress(len(items), progress)
-    bar.update(sum(len(rows) for rows in done.values()))
-    if todo and workers == 0 and client is None and scheduler is None:
-        for i, part in todo:
-            parts[i] = process_chunk(part, i, config, listing.fs, sink)
-            bar.update(len(part))
-    elif todo:
-        parts.update(_run_on_dask(todo, config, listing.fs, sink, bar, client, scheduler, workers, progress))
-    bar.close()
-    manifest = pd.concat([parts[i] for i in sorted(parts)], ignore_index=True) if parts else items.iloc[:0]
-    manifest = manifest_frame(manifest)
-    if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
-        raise RuntimeError(f"internal error: {len(manifest)} manifest rows for {len(items)} inputs")
-    sink.finalize(manifest, {"imgtools": {"version": __version__, "config": config.to_dict(), "n": len(items),
-                                          "label_names": list(listing.label_names), "source": listing.source,
-                                          "sizes": config.size_keys}})
+    done = sink.prepare(items, _job(config, items), overwrite=overwrite)
+    with _Heartbeat(sink):
+        parts, todo = _plan_chunks(items, config.chunk, done, sink.positional)
+        bar = _progress(len(items), progress)
+        bar.update(sum(len(rows) for rows in parts.values()))
+        if todo and workers == 0 and client is None and scheduler is None:
+            for i, part, reuse in todo:
+                parts[i] = process_chunk(part, i, config, listing.fs, sink, reuse)
+                bar.update(len(part))
+        elif todo:
+            parts.update(_run_on_dask(todo, config, listing.fs, sink, bar, client, scheduler, workers, progress))
+        bar.close()
+        manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
+        if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
+            raise RuntimeError(f"internal error: {len(manifest)} manifest rows for {len(items)} inputs")
+        sink.finalize(manifest, {"imgtools": {"version": __version__, "config": config.to_dict(), "n": len(items),
+                                              "label_names": list(listing.label_names), "source": listing.source,
+                                              "sizes": config.size_keys}})
     failed = manifest[manifest["status"] != "ok"][["index", "origin", "error"]].reset_index(drop=True)
-    failed.attrs["processed"] = sum(len(p) for _, p in todo)
+    processed = sum(len(p) - (0 if r is None else len(r)) for _, p, r in todo)
     return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed), failed=len(failed),
-                         seconds=time.perf_counter() - started, chunks_done=len(todo), chunks_resumed=len(done),
+                         seconds=time.perf_counter() - started, chunks_done=len(todo),
+                         chunks_resumed=len(parts) - len(todo), processed=processed,
                          sizes=tuple(config.size_keys), failures=failed)
+
+
+class _Heartbeat:
+    """Keeps the sink's run lock fresh while the run goes on; releases it at the end."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="imgtools-lock", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(LOCK_TTL / 4):
+            with contextlib.suppress(Exception):  # a missed beat is retried; the lock only ages
+                self.sink.take_lock()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sink.release_lock()
+
+
+def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional: bool):
+    """Split the inputs into chunks: those an earlier run finished (rows taken from their markers) and
+    those still to do, as (chunk number, items, rows to reuse or None)."""
+    markers = {int(c): g.drop(columns="chunk").reset_index(drop=True) for c, g in done.groupby("chunk")}
+    reusable = done.drop_duplicates("relpath", keep="last").drop(columns="chunk") if not positional else None
+    parts: dict[int, pd.DataFrame] = {}
+    todo = []
+    for i, start in enumerate(range(0, len(items), chunk)):
+        part = items.iloc[start : start + chunk]
+        marker = markers.get(i)
+        if (marker is not None and len(marker) == len(part) and (marker["index"].to_numpy() == part["index"].to_numpy()).all()
+                and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()):
+            parts[i] = marker
+            continue
+        reuse = None if reusable is None else reusable[reusable["relpath"].isin(part["relpath"])]
+        todo.append((i, part, None if reuse is None or reuse.empty else reuse))
+    return parts, todo
 
 
 def _run_on_dask(todo, config, fs, sink, bar, client, scheduler, workers, progress) -> dict[int, pd.DataFrame]:
@@ -163,7 +204,7 @@ def _run_on_dask(todo, config, fs, sink, bar, client, scheduler, workers, progre
             if link:
                 bar.write(f"dashboard: {link}", file=sys.stderr)
         bag = db.from_sequence(todo, npartitions=len(todo)).map(
-            lambda task: (task[0], process_chunk(task[1], task[0], config, fs, sink))
+            lambda task: (task[0], process_chunk(task[1], task[0], config, fs, sink, task[2]))
         )
         futures = dask_client.compute(bag.to_delayed())
         out: dict[int, pd.DataFrame] = {}

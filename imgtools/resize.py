@@ -14,7 +14,7 @@ from PIL import Image
 
 from .config import PresizeConfig, Resample, ResizeMode, Size
 
-__all__ = ["Plan", "plan", "draft_request", "resize", "resize_all"]
+__all__ = ["Plan", "plan", "draft_request", "resize", "resize_all", "is_identity"]
 
 _FILTERS = {Resample.LANCZOS: Image.Resampling.LANCZOS, Resample.BICUBIC: Image.Resampling.BICUBIC}
 
@@ -130,3 +130,16 @@ def resize_all(pixels: np.ndarray, config: PresizeConfig, original: tuple[int, i
     """
     image = Image.fromarray(pixels)
     return {s.key(config.mode): resize(image, s, config, original) for s in config.sizes}
+
+
+def is_identity(width: int, height: int, size: Size, config: PresizeConfig) -> bool:
+    """True when ``size`` leaves a ``width`` x ``height`` image exactly as it is (no resampling, no pad).
+
+    Examples
+    --------
+    >>> cfg = PresizeConfig.build(sizes=[100], mode="longest", format="jpeg", only_if_bigger=True)
+    >>> is_identity(80, 60, Size(100, 100), cfg), is_identity(800, 600, Size(100, 100), cfg)
+    (True, False)
+    """
+    p = plan(width, height, size, config.mode, config.only_if_bigger)
+    return p.box == (0.0, 0.0, float(width), float(height)) and p.scaled == p.canvas == (width, height)

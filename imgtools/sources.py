@@ -18,7 +18,7 @@ from fsspec.core import url_to_fs
 from .config import LabelSource
 from .errors import SourceError
 
-__all__ = ["Listing", "list_source", "read_bytes", "IMAGE_EXTENSIONS", "sniff_image"]
+__all__ = ["Listing", "list_source", "read_bytes", "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath"]
 
 #: Extensions taken as images without looking inside (compared lower-case).
 IMAGE_EXTENSIONS = frozenset(
@@ -34,6 +34,24 @@ _MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b
 _MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 _COLUMNS = ["origin", "relpath", "label"]
+
+
+def safe_relpath(path: str) -> str:
+    """A relative posix path that stays inside any folder it is joined to: no root, no ``..``, no ``.``.
+
+    Examples
+    --------
+    >>> safe_relpath("../../etc/x.jpg"), safe_relpath("/abs/./a//b.png"), safe_relpath("a/../../b.jpg")
+    ('etc/x.jpg', 'abs/a/b.png', 'b.jpg')
+    """
+    parts: list[str] = []
+    for part in path.replace("\\", "/").split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts) or "_"
 
 
 def sniff_image(head: bytes) -> bool:
@@ -109,13 +127,13 @@ def _list_manifest(url: str, fs, path: str, labels: LabelSource, storage_options
             raise SourceError(f"manifest {url!r} has an empty or non-text path: {value!r}")
         if "://" in value:
             origins.append(value)
-            relpaths.append(value.split("://", 1)[1].lstrip("/"))
+            relpaths.append(safe_relpath(value.split("://", 1)[1]))
         elif value.startswith("/"):
             origins.append(fs.unstrip_protocol(value))
-            relpaths.append(value.lstrip("/"))
+            relpaths.append(safe_relpath(value))
         else:
-            origins.append(fs.unstrip_protocol(posixpath.join(base, value)))
-            relpaths.append(posixpath.normpath(value))
+            origins.append(fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, value))))
+            relpaths.append(safe_relpath(value))
     label = table["label"] if "label" in table.columns and labels is LabelSource.FOLDER else None
     out = pd.DataFrame({"origin": origins, "relpath": relpaths})
     out["label"] = [None if pd.isna(v) else str(v) for v in label] if label is not None else None

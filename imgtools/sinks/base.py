@@ -1,0 +1,233 @@
+"""The sink interface: DEST on any fsspec URL, the job record, the run lock, done markers, the manifest.
+
+A sink is made on the client, pickled to the workers, and used in three steps: :meth:`Sink.prepare`
+(client: take the lock, check DEST against the job, create the empty output), :meth:`Sink.write`
+(worker: one chunk, then its done marker, last) and :meth:`Sink.finalize` (client: ``manifest.parquet``,
+then the attributes that mark the output complete). A chunk counts as done only when its marker can be
+read, so an interrupted run redoes exactly the chunks whose output may be incomplete.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import io
+import json
+import os
+import posixpath
+import socket
+import time
+import uuid
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from fsspec.core import url_to_fs
+
+from ..config import OutputFormat, PresizeConfig
+from ..errors import DestinationError
+
+__all__ = ["Chunk", "Sink", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "LOCK_TTL"]
+
+JOB_FILE = ".imgtools/job.json"
+LOCK_FILE = ".imgtools/lock.json"
+MARKER_DIR = ".imgtools/chunks"
+MANIFEST = "manifest.parquet"
+#: Seconds after its last heartbeat that a lock of a run on another host counts as abandoned.
+LOCK_TTL = 120.0
+
+
+@dataclasses.dataclass
+class Chunk:
+    """One chunk of results: manifest ``rows`` ``start .. start + n`` and, per size key, one array per
+    image (None where the image failed or its output is already there)."""
+
+    index: int
+    start: int
+    rows: pd.DataFrame
+    images: dict[str, list[np.ndarray | None]]
+    #: per size key and image: the output would be the source file's own pixels (no resize, same format)
+    unchanged: dict[str, list[bool]]
+    #: the source bytes of each image (only kept where some output is unchanged)
+    data: list[bytes | None]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return (self.rows["status"] == "ok").to_numpy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.rows["label_id"].to_numpy(np.int32)
+
+    def stacked(self, key: str, height: int, width: int) -> np.ndarray:
+        """The images of one fixed size as an (n, H, W, 3) array, zeros where there is none."""
+        out = np.zeros((len(self.rows), height, width, 3), np.uint8)
+        for i, arr in enumerate(self.images[key]):
+            if arr is not None:
+                out[i] = arr
+        return out
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False, engine="pyarrow")
+    return buf.getvalue()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Sink(abc.ABC):
+    """Base of every output form."""
+
+    format: ClassVar[OutputFormat]
+    #: True when output rows are positions (arrays): the job then includes the exact input list, and a
+    #: marker is trusted by chunk number. False for mirrored files: markers are trusted by ``relpath``,
+    #: so adding images to SOURCE and re-running only does the new ones (the presized-file cache).
+    positional: ClassVar[bool] = True
+
+    def __init__(self, dest: str, config: PresizeConfig, storage_options: dict[str, Any] | None = None):
+        self.url = str(dest)
+        self.config = config
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = url_to_fs(self.url, **self.storage_options)
+        self.root = root.rstrip("/") or root
+        self.run_id = uuid.uuid4().hex
+
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def _put(self, relpath: str, data: bytes) -> None:
+        path = self._path(relpath)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.fs.pipe_file(path, data)
+
+    # ---- client side -------------------------------------------------------------------------------
+    def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False) -> pd.DataFrame:
+        """Lock DEST for this run and get it ready for ``job`` (config and inputs) and the listed ``items``.
+
+        Returns the manifest rows that earlier runs of the same job finished (see :meth:`done_rows`).
+
+        Raises
+        ------
+        DestinationError
+            Another run holds DEST, DEST holds another job, or DEST is a non-empty folder imgtools did
+            not write (never deleted, even with ``overwrite``).
+        """
+        ours = self.fs.exists(self._path(".imgtools"))
+        if not ours and self._nonempty():
+            raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; choose another DEST")
+        if ours:
+            self._check_lock()
+        if ours and overwrite:
+            self.fs.rm(self.root, recursive=True)
+            ours = False
+        previous = self._read_job() if ours else None
+        if ours and previous is not None and not self._same_job(previous, job):
+            raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
+                                   "use --overwrite to start again")
+        self.fs.makedirs(self._path(MARKER_DIR), exist_ok=True)
+        self.take_lock()
+        if previous is None:
+            self._put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
+        self._create(items)
+        return self.done_rows()
+
+    def _same_job(self, previous: dict[str, Any], job: dict[str, Any]) -> bool:
+        if self.positional:
+            return previous == job
+        return previous.get("config") == job.get("config")
+
+    def finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
+        """Write ``manifest.parquet``, then the attributes that mark the output complete."""
+        self._put(MANIFEST, _parquet_bytes(manifest))
+        self._finalize(manifest, attrs)
+
+    def _nonempty(self) -> bool:
+        return self.fs.isdir(self.root) and bool(self.fs.ls(self.root, detail=False))
+
+    def _read_job(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.fs.cat_file(self._path(JOB_FILE)))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise DestinationError(f"DEST {self.url!r} has a damaged job record; use --overwrite to start again") from None
+
+    def done_rows(self) -> pd.DataFrame:
+        """Manifest rows of every chunk whose marker is complete, with a ``chunk`` column; a marker that
+        cannot be read (a run killed while writing it) counts as not done."""
+        paths = sorted(p for p in self.fs.ls(self._path(MARKER_DIR), detail=False) if p.endswith(".parquet"))
+        blobs = self.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
+        frames = []
+        for path, blob in zip(paths, blobs):
+            try:
+                rows = pd.read_parquet(io.BytesIO(blob))
+            except Exception:  # missing or partial: the chunk is redone
+                continue
+            frames.append(rows.assign(chunk=int(posixpath.basename(path).split(".")[0])))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"chunk": [], "relpath": []})
+
+    # ---- the run lock ------------------------------------------------------------------------------
+    def _check_lock(self) -> None:
+        try:
+            lock = json.loads(self.fs.cat_file(self._path(LOCK_FILE)))
+        except (FileNotFoundError, ValueError):
+            return
+        age = time.time() - float(lock.get("heartbeat", 0))
+        same_host = lock.get("host") == socket.gethostname()
+        alive = _pid_alive(int(lock.get("pid", -1))) if same_host else age < LOCK_TTL
+        if alive and lock.get("run") != self.run_id:
+            raise DestinationError(
+                f"DEST {self.url!r} is being written by another run (pid {lock.get('pid')} on {lock.get('host')}, "
+                f"last seen {age:.0f} s ago); wait for it, or stop it and run again")
+
+    def take_lock(self) -> None:
+        """Record this run as the writer of DEST; call again as a heartbeat, at most every LOCK_TTL / 4."""
+        lock = {"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        self._put(LOCK_FILE, json.dumps(lock).encode())
+
+    def release_lock(self) -> None:
+        """Remove this run's lock (left alone if another run has taken it over)."""
+        try:
+            if json.loads(self.fs.cat_file(self._path(LOCK_FILE))).get("run") == self.run_id:
+                self.fs.rm_file(self._path(LOCK_FILE))
+        except (FileNotFoundError, ValueError):
+            pass
+
+    # ---- worker side -------------------------------------------------------------------------------
+    def write(self, chunk: Chunk) -> None:
+        """Write one chunk, then its done marker (last, so a readable marker always means complete data)."""
+        self._write(chunk)
+        self._put(posixpath.join(MARKER_DIR, f"{chunk.index:07d}.parquet"), _parquet_bytes(chunk.rows))
+
+    # ---- per form ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _create(self, items: pd.DataFrame) -> None:
+        """Get the output ready for the listed ``items`` (idempotent: a resumed run calls it again)."""
+
+    @abc.abstractmethod
+    def _write(self, chunk: Chunk) -> None:
+        """Write the data of one chunk (idempotent: writing it twice gives the same bytes)."""
+
+    @abc.abstractmethod
+    def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
+        """Record the run's attributes once every chunk is written."""
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = []
+    for key in sorted(set(old.get("config", {})) | set(new.get("config", {}))):
+        a, b = old.get("config", {}).get(key), new.get("config", {}).get(key)
+        if a != b:
+            diffs.append(f"{key}: {a!r} there, {b!r} now")
+    if old.get("inputs") != new.get("inputs"):
+        diffs.append(f"inputs: {old.get('n')} listed there, {new.get('n')} now, not the same files")
+    return "; ".join(diffs) or "a different imgtools version"

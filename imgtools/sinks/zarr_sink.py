@@ -1,0 +1,50 @@
+"""zarr v3 output: ``<size>/images`` (N, H, W, 3) uint8, ``ok`` (N,) bool, ``labels`` (N,) int32."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+from ..config import OutputFormat
+from .base import Chunk, Sink
+
+__all__ = ["ZarrSink"]
+
+
+class ZarrSink(Sink):
+    """A zarr v3 group, one chunk of ``config.chunk`` images per task; the group attributes come last."""
+
+    format = OutputFormat.ZARR
+
+    def _store(self):
+        if isinstance(self.fs, LocalFileSystem):  # zarr's own local store makes folders as it writes
+            return zarr.storage.LocalStore(self.root)
+        return zarr.storage.FsspecStore.from_url(self.fs.unstrip_protocol(self.root),
+                                                 storage_options=self.storage_options or None)
+
+    def _create(self, items: pd.DataFrame) -> None:
+        group = zarr.open_group(self._store(), mode="a", zarr_format=3)
+        if "ok" in group:  # made by the earlier run of this job
+            return
+        n = len(items)
+        c = self.config.chunk
+        for size, key in zip(self.config.sizes, self.config.size_keys):
+            group.create_array(f"{key}/images", shape=(n, size.height, size.width, 3), dtype="uint8",
+                               chunks=(c, size.height, size.width, 3), fill_value=0, overwrite=True,
+                               dimension_names=("image", "y", "x", "channel"))
+        group.create_array("ok", shape=(n,), dtype="bool", chunks=(c,), fill_value=False, overwrite=True)
+        group.create_array("labels", shape=(n,), dtype="int32", chunks=(c,), fill_value=-1, overwrite=True)
+
+    def _write(self, chunk: Chunk) -> None:
+        group = zarr.open_group(self._store(), mode="r+")
+        stop = chunk.start + len(chunk.rows)
+        for size, key in zip(self.config.sizes, self.config.size_keys):
+            group[f"{key}/images"][chunk.start : stop] = chunk.stacked(key, size.height, size.width)
+        group["ok"][chunk.start : stop] = chunk.ok
+        group["labels"][chunk.start : stop] = chunk.labels
+
+    def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
+        zarr.open_group(self._store(), mode="r+").attrs.update(attrs)

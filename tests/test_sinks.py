@@ -1,0 +1,223 @@
+"""The shared sink suite: every output form holds the same pictures, resumes to identical bytes after a
+SIGKILL, never writes outside DEST, and refuses a second run while one holds DEST."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from PIL import Image
+
+import imgtools
+from conftest import encode, gradient, make_labelled, psnr
+from imgtools.config import PresizeConfig
+from imgtools.engine import process_image
+from imgtools.errors import DestinationError
+from imgtools.sinks.files import output_relpath
+
+ALL = ["zarr", "npy", "jpeg", "png", "webp"]
+LOSSLESS = {"zarr", "npy", "png"}
+EXT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
+
+
+def read_back(dest: pathlib.Path, fmt: str, key: str) -> list[np.ndarray | None]:
+    """The stored image of every manifest row (None where there is none), whatever the form."""
+    m = pd.read_parquet(dest / "manifest.parquet")
+    ok = (m["status"] == "ok").to_numpy()
+    if fmt == "zarr":
+        arr = zarr.open_group(str(dest), mode="r")[f"{key}/images"][:]
+    elif fmt == "npy":
+        parts = sorted((dest / key).glob("part-*.npy"))
+        arr = np.concatenate([np.load(p, mmap_mode="r") for p in parts])
+        assert np.load(dest / "ok.npy").tolist() == ok.tolist()
+    else:
+        return [_load(dest / key / output_relpath(r, EXT[fmt])) if k else None for r, k in zip(m["relpath"], ok)]
+    assert len(arr) == len(m)
+    assert not arr[~ok].any()
+    return [a if k else None for a, k in zip(arr, ok)]
+
+
+def _load(path: pathlib.Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def tree_bytes(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ALL)
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_every_sink_holds_each_ok_image_at_every_size(labelled_dir, tmp_path, fmt, mode):
+    (labelled_dir / "class0" / "broken.jpg").write_bytes(b"nope")
+    cfg = PresizeConfig.build(sizes=[16, "24x20"], mode=mode, format=fmt, chunk=32)
+    dest = tmp_path / "o"
+    report = imgtools.presize(str(labelled_dir), str(dest), config=cfg, workers=0, progress=False)
+    assert (report.total, report.failed) == (81, 1)
+    m = pd.read_parquet(dest / "manifest.parquet")
+    for key in cfg.size_keys:
+        stored = read_back(dest, fmt, key)
+        for i in (0, 17, 40, 80):
+            direct = process_image((labelled_dir / m["relpath"][i]).read_bytes(), cfg)
+            if not direct.ok:
+                assert stored[i] is None
+            elif fmt in LOSSLESS:
+                np.testing.assert_array_equal(stored[i], direct.arrays[key])
+            else:
+                assert psnr(stored[i], direct.arrays[key]) > 25  # lossy, tiny, sharp-edged
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+@pytest.mark.parametrize("mode,side", [("shortest", 40), ("longest", 50)])
+def test_image_file_sinks_take_variable_sizes(labelled_dir, tmp_path, fmt, mode, side):
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[side], mode=mode, format=fmt, workers=0, progress=False)
+    key = f"{'short' if mode == 'shortest' else 'long'}{side}"
+    m = pd.read_parquet(dest / "manifest.parquet")
+    for rel, w, h in zip(m["relpath"], m["width"], m["height"]):
+        out_h, out_w = _load(dest / key / output_relpath(rel, EXT[fmt])).shape[:2]
+        assert (min if mode == "shortest" else max)(out_w, out_h) == side
+        assert abs(out_w / out_h - w / h) < 0.05 * max(w / h, 1)
+
+
+def test_image_needing_no_resize_in_the_target_format_is_copied_not_reencoded(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    small = encode(Image.fromarray(gradient(60, 40)), "JPEG", quality=77)
+    (src / "small.jpg").write_bytes(small)
+    (src / "big.jpg").write_bytes(encode(Image.fromarray(gradient(400, 300)), "JPEG"))
+    (src / "small.png").write_bytes(encode(Image.fromarray(gradient(60, 40)), "PNG"))
+    cfg = PresizeConfig.build(sizes=[100], mode="longest", format="jpeg", only_if_bigger=True)
+    imgtools.presize(str(src), str(tmp_path / "o"), config=cfg, workers=0, progress=False)
+    assert (tmp_path / "o/long100/small.jpg").read_bytes() == small
+    assert _load(tmp_path / "o/long100/big.jpg").shape == (75, 100, 3)
+    # small.png becomes a jpeg named small~N.jpg beside the copied small.jpg, never over it
+    names = sorted(p.name for p in (tmp_path / "o/long100").iterdir())
+    assert names[0] == "big.jpg" and names[1] == "small.jpg" and names[2].startswith("small~")
+
+
+def test_file_cache_processes_only_new_images_when_source_grows(labelled_dir, tmp_path):
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[16], format="png", workers=0, progress=False)
+    first = tree_bytes(dest / "16x16")
+    (labelled_dir / "class2" / "zzz-new.png").write_bytes(encode(Image.fromarray(gradient(50, 50)), "PNG"))
+    report = imgtools.presize(str(labelled_dir), str(dest), sizes=[16], format="png", workers=0, progress=False)
+    assert report.total == 81 and report.processed == 1
+    after = tree_bytes(dest / "16x16")
+    assert set(after) - set(first) == {"class2/zzz-new.png"} and all(after[k] == first[k] for k in first)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_array_sinks_refuse_a_changed_input_list(labelled_dir, tmp_path, fmt):
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[8], format=fmt, workers=0, progress=False)
+    (labelled_dir / "class0" / "new.png").write_bytes(encode(Image.new("RGB", (9, 9)), "PNG"))
+    with pytest.raises(DestinationError, match="inputs: 80 listed there, 81 now"):
+        imgtools.presize(str(labelled_dir), str(dest), sizes=[8], format=fmt, workers=0, progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["png", "zarr"])
+def test_no_input_path_writes_outside_dest(tmp_path, fmt):
+    outside = tmp_path / "victim"
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    img = encode(Image.fromarray(gradient(30, 30)), "PNG")
+    (tmp_path / "a" / "x.png").write_bytes(img)
+    (tmp_path / "elsewhere.png").write_bytes(img)
+    (tmp_path / "a" / "b" / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    (tmp_path / "a" / "b" / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    paths = ["b/../../../victim/x.png", "../x.png", str(tmp_path / "a" / "x.png"), "b/link.png", "x.png",
+             "./b/../x.png", "b/dirlink/victim/../a/x.png"]
+    pd.DataFrame({"path": paths}).to_csv(tmp_path / "a" / "list.csv", index=False)
+    dest = tmp_path / "a" / "b" / "out"
+    imgtools.presize(str(tmp_path / "a" / "list.csv"), str(dest), sizes=[8], format=fmt, workers=0, progress=False)
+    assert not outside.exists()
+    before = {p for p in tmp_path.rglob("*") if not str(p).startswith(str(dest))}
+    assert all(p.is_relative_to(dest) or p in before for p in tmp_path.rglob("*"))
+    m = pd.read_parquet(dest / "manifest.parquet")
+    assert not any(r.startswith(("/", "..")) or "/../" in r for r in m["relpath"])
+    if fmt == "png":
+        written = [p for p in (dest / "8x8").rglob("*") if p.is_file()]
+        assert len(written) == (m["status"] == "ok").sum() and all(p.resolve().is_relative_to(dest) for p in written)
+
+
+def _run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "imgtools.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def slow_source(tmp_path_factory):
+    """Enough real work (200 photos-sized JPEGs) that a run can be killed part-way."""
+    root = tmp_path_factory.mktemp("slow")
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        arr = gradient(900, 700, seed=i) // 2 + rng.integers(0, 120, (700, 900, 3), dtype=np.uint8)
+        (root / f"c{i % 3}").mkdir(exist_ok=True)
+        (root / f"c{i % 3}" / f"img{i:03d}.jpg").write_bytes(encode(Image.fromarray(arr), "JPEG"))
+    return root
+
+
+@pytest.mark.parametrize("fmt,workers", [("zarr", "0"), ("npy", "0"), ("jpeg", "0"), ("zarr", "2")])
+def test_sigkill_part_way_then_rerun_gives_identical_output(slow_source, tmp_path, fmt, workers):
+    args = ["presize", slow_source, None, "--size", "32", "--size", "48x40", "--format", fmt, "--chunk", "8",
+            "--workers", workers, "--quiet"]
+    clean = tmp_path / "clean"
+    assert subprocess.run([sys.executable, "-m", "imgtools.cli", *[str(a if a is not None else clean) for a in args]],
+                          capture_output=True).returncode == 0
+    dest = tmp_path / "killed"
+    proc = _run_cli([a if a is not None else dest for a in args])
+    markers = dest / ".imgtools" / "chunks"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not markers.is_dir() or len(list(markers.iterdir())) < 3):
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(markers.iterdir()))
+    assert 3 <= done_at_kill < 25, "the run should have been killed part-way"
+    assert not (dest / "manifest.parquet").exists()
+    rerun = subprocess.run([sys.executable, "-m", "imgtools.cli", *[str(a if a is not None else dest) for a in args]],
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "chunks resumed" in rerun.stdout
+    processed = int(rerun.stdout.split(" processed")[0].rsplit(" ", 1)[1])
+    assert processed <= 200 - 8 * 3 + 8  # finished chunks were not redone
+    assert tree_bytes(dest) == tree_bytes(clean)
+
+
+def test_second_run_on_a_locked_dest_is_refused_until_the_holder_is_gone(labelled_dir, tmp_path):
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        lock = {"run": "other", "host": socket.gethostname(), "pid": holder.pid, "heartbeat": time.time()}
+        (dest / ".imgtools" / "lock.json").write_text(json.dumps(lock))
+        with pytest.raises(DestinationError, match=f"being written by another run \\(pid {holder.pid}"):
+            imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    report = imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)  # stale: taken over
+    assert report.chunks_resumed == 1 and not (dest / ".imgtools" / "lock.json").exists()
+
+
+def test_lock_of_another_host_expires_after_its_heartbeat_stops(labelled_dir, tmp_path):
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+    lock = dest / ".imgtools" / "lock.json"
+    lock.write_text(json.dumps({"run": "x", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}))
+    with pytest.raises(DestinationError, match="on elsewhere"):
+        imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+    lock.write_text(json.dumps({"run": "x", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}))
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)

@@ -21,10 +21,10 @@ from ._version import __version__
 from .cluster import client_for_run, dashboard_link
 from .config import PresizeConfig, Size
 from .errors import ConfigError
-from .engine import manifest_frame, process_chunk
+from .engine import manifest_frame, process_chunk, process_image
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
-from .sources import list_source
+from .sources import list_source, read_bytes
 
 __all__ = ["presize", "PresizeReport"]
 
@@ -196,23 +196,57 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional
 
 def _run_on_dask(todo, config, fs, sink, bar, client, scheduler, workers, progress) -> dict[int, pd.DataFrame]:
     import dask.bag as db
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     with client_for_run(client, scheduler, workers) as dask_client:
         if progress:
             link = dashboard_link(dask_client)
             if link:
                 bar.write(f"dashboard: {link}", file=sys.stderr)
+        # one partition per chunk: no two tasks ever write the same chunk
         bag = db.from_sequence(todo, npartitions=len(todo)).map(
             lambda task: (task[0], process_chunk(task[1], task[0], config, fs, sink, task[2]))
         )
-        futures = dask_client.compute(bag.to_delayed())
+        futures = dask_client.compute(bag.to_delayed(), retries=2)
+        task_of = {f.key: task for f, task in zip(futures, todo)}
         out: dict[int, pd.DataFrame] = {}
         try:
             for future in as_completed(futures):
-                for index, rows in future.result():
+                try:
+                    pairs = future.result()
+                except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
+                    pairs = [_isolate(dask_client, task_of[future.key], config, fs, sink, bar)]
+                for index, rows in pairs:
                     out[index] = rows
                     bar.update(len(rows))
         finally:
             dask_client.cancel(futures)
         return out
+
+
+def _probe(origin: str, config: PresizeConfig, fs) -> bool:
+    """Decode and resize one file, keeping nothing: does it bring the worker down?"""
+    return process_image(read_bytes(fs, [origin])[0], config).ok
+
+
+def _isolate(dask_client, task, config, fs, sink, bar) -> tuple[int, pd.DataFrame]:
+    """Run a chunk whose task killed its workers again and again: each image alone, then the chunk
+    without the images that kill workers, which become failed rows with that reason."""
+    from distributed import KilledWorker, wait
+
+    index, part, reuse = task
+    done = set() if reuse is None else set(reuse["relpath"])
+    suspects = part[~part["relpath"].isin(done)]
+    bar.write(f"chunk {index}: a file kills workers; testing its {len(suspects)} images one by one", file=sys.stderr)
+    probes = [dask_client.submit(_probe, origin, config, fs, pure=False) for origin in suspects["origin"]]
+    wait(probes)
+    killers = []
+    for (_, row), probe in zip(suspects.iterrows(), probes):
+        if probe.status == "error" and isinstance(probe.exception(), KilledWorker):
+            killers.append({"relpath": row["relpath"], "status": "failed", "height": -1, "width": -1, "mode": None,
+                            "error": "the decoder crashed its worker process on every try"})
+    extra = pd.DataFrame(killers, columns=["relpath", "status", "error", "height", "width", "mode"])
+    reuse = extra if reuse is None else pd.concat([reuse, extra], ignore_index=True)
+    rows = dask_client.submit(process_chunk, part, index, config, fs, sink, reuse if len(reuse) else None,
+                              pure=False, retries=2).result()
+    return index, rows

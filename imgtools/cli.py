@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    d = sub.add_parser("derive", help="add smaller sizes to a zarr/npy output from a stored size, without decoding")
+    d.add_argument("dest", help="a zarr or npy output of imgtools presize")
+    d.add_argument("--from", dest="source_size", required=True, metavar="WxH", help="the stored size to start from")
+    d.add_argument("--size", action="append", required=True, metavar="N|WxH", help="new size, repeatable")
+    where = d.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
+    where.add_argument("--workers", type=int, metavar="N", help="local worker processes (0: in this process)")
+    d.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
     s = sub.add_parser("sample", help="write the sample dataset (labelled folders of mixed images, a few broken)")
     s.add_argument("dest", nargs="?", default=DEFAULT_SAMPLE, help=f"folder to write (default {DEFAULT_SAMPLE})")
     s.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
@@ -97,6 +106,15 @@ def _presize(args: argparse.Namespace) -> int:
     return 1 if args.strict and report.failed else 0
 
 
+def _derive(args: argparse.Namespace) -> int:
+    from .derive import derive
+
+    report = derive(args.dest, args.source_size, args.size, scheduler=args.scheduler, workers=args.workers,
+                    storage_options=dict(args.storage_option))
+    print(report)
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from .sample import make_sample
 
@@ -105,7 +123,7 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"presize": _presize, "sample": _sample}
+_COMMANDS = {"presize": _presize, "derive": _derive, "sample": _sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

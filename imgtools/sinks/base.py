@@ -101,11 +101,11 @@ class Sink(abc.ABC):
         self.root = root.rstrip("/") or root
         self.run_id = uuid.uuid4().hex
 
-    def _path(self, *parts: str) -> str:
+    def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def _put(self, relpath: str, data: bytes) -> None:
-        path = self._path(relpath)
+    def put(self, relpath: str, data: bytes) -> None:
+        path = self.path(relpath)
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         self.fs.pipe_file(path, data)
 
@@ -121,7 +121,7 @@ class Sink(abc.ABC):
             Another run holds DEST, DEST holds another job, or DEST is a non-empty folder imgtools did
             not write (never deleted, even with ``overwrite``).
         """
-        ours = self.fs.exists(self._path(".imgtools"))
+        ours = self.fs.exists(self.path(".imgtools"))
         if not ours and self._nonempty():
             raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; choose another DEST")
         if ours:
@@ -133,10 +133,10 @@ class Sink(abc.ABC):
         if ours and previous is not None and not self._same_job(previous, job):
             raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
                                    "use --overwrite to start again")
-        self.fs.makedirs(self._path(MARKER_DIR), exist_ok=True)
+        self.fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
         self.take_lock()
         if previous is None:
-            self._put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
+            self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
         self._create(items)
         return self.done_rows()
 
@@ -147,7 +147,7 @@ class Sink(abc.ABC):
 
     def finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
         """Write ``manifest.parquet``, then the attributes that mark the output complete."""
-        self._put(MANIFEST, _parquet_bytes(manifest))
+        self.put(MANIFEST, _parquet_bytes(manifest))
         self._finalize(manifest, attrs)
 
     def _nonempty(self) -> bool:
@@ -155,7 +155,7 @@ class Sink(abc.ABC):
 
     def _read_job(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.fs.cat_file(self._path(JOB_FILE)))
+            return json.loads(self.fs.cat_file(self.path(JOB_FILE)))
         except FileNotFoundError:
             return None
         except ValueError:
@@ -164,7 +164,7 @@ class Sink(abc.ABC):
     def done_rows(self) -> pd.DataFrame:
         """Manifest rows of every chunk whose marker is complete, with a ``chunk`` column; a marker that
         cannot be read (a run killed while writing it) counts as not done."""
-        paths = sorted(p for p in self.fs.ls(self._path(MARKER_DIR), detail=False) if p.endswith(".parquet"))
+        paths = sorted(p for p in self.fs.ls(self.path(MARKER_DIR), detail=False) if p.endswith(".parquet"))
         blobs = self.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
         frames = []
         for path, blob in zip(paths, blobs):
@@ -178,7 +178,7 @@ class Sink(abc.ABC):
     # ---- the run lock ------------------------------------------------------------------------------
     def _check_lock(self) -> None:
         try:
-            lock = json.loads(self.fs.cat_file(self._path(LOCK_FILE)))
+            lock = json.loads(self.fs.cat_file(self.path(LOCK_FILE)))
         except (FileNotFoundError, ValueError):
             return
         age = time.time() - float(lock.get("heartbeat", 0))
@@ -192,13 +192,13 @@ class Sink(abc.ABC):
     def take_lock(self) -> None:
         """Record this run as the writer of DEST; call again as a heartbeat, at most every LOCK_TTL / 4."""
         lock = {"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-        self._put(LOCK_FILE, json.dumps(lock).encode())
+        self.put(LOCK_FILE, json.dumps(lock).encode())
 
     def release_lock(self) -> None:
         """Remove this run's lock (left alone if another run has taken it over)."""
         try:
-            if json.loads(self.fs.cat_file(self._path(LOCK_FILE))).get("run") == self.run_id:
-                self.fs.rm_file(self._path(LOCK_FILE))
+            if json.loads(self.fs.cat_file(self.path(LOCK_FILE))).get("run") == self.run_id:
+                self.fs.rm_file(self.path(LOCK_FILE))
         except (FileNotFoundError, ValueError):
             pass
 
@@ -206,7 +206,7 @@ class Sink(abc.ABC):
     def write(self, chunk: Chunk) -> None:
         """Write one chunk, then its done marker (last, so a readable marker always means complete data)."""
         self._write(chunk)
-        self._put(posixpath.join(MARKER_DIR, f"{chunk.index:07d}.parquet"), _parquet_bytes(chunk.rows))
+        self.put(posixpath.join(MARKER_DIR, f"{chunk.index:07d}.parquet"), _parquet_bytes(chunk.rows))
 
     # ---- per form ----------------------------------------------------------------------------------
     @abc.abstractmethod

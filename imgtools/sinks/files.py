@@ -60,8 +60,8 @@ class ImageFileSink(Sink):
 
     def _target(self, key: str, index: int, relpath: str) -> str:
         name = self.renamed.get(index) or output_relpath(relpath, EXTENSIONS[self.config.format])
-        path = posixpath.normpath(self._path(key, name))
-        if not path.startswith(self._path(key) + "/"):  # sources never list such a path; never write it
+        path = posixpath.normpath(self.path(key, name))
+        if not path.startswith(self.path(key) + "/"):  # sources never list such a path; never write it
             raise DestinationError(f"input {relpath!r} would be written outside DEST")
         return path
 
@@ -84,7 +84,7 @@ class ImageFileSink(Sink):
                 self.fs.pipe_file(path, data if data is not None else self._encode(arr))
 
     def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
-        self._put("imgtools.json", json.dumps(attrs, sort_keys=True, indent=1).encode())
+        self.put("imgtools.json", json.dumps(attrs, sort_keys=True, indent=1).encode())
 
 
 class JpegSink(ImageFileSink):

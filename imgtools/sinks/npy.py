@@ -32,14 +32,14 @@ class NpySink(Sink):
 
     def _create(self, items: pd.DataFrame) -> None:
         for key in self.config.size_keys:
-            self.fs.makedirs(self._path(key), exist_ok=True)
+            self.fs.makedirs(self.path(key), exist_ok=True)
 
     def _write(self, chunk: Chunk) -> None:
         for size, key in zip(self.config.sizes, self.config.size_keys):
             part = posixpath.join(key, f"part-{chunk.index:05d}.npy")
-            self._put(part, npy_bytes(chunk.stacked(key, size.height, size.width)))
+            self.put(part, npy_bytes(chunk.stacked(key, size.height, size.width)))
 
     def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
-        self._put("ok.npy", npy_bytes((manifest["status"] == "ok").to_numpy()))
-        self._put("labels.npy", npy_bytes(manifest["label_id"].to_numpy(np.int32)))
-        self._put(ATTRS_FILE, json.dumps(attrs, sort_keys=True, indent=1).encode())
+        self.put("ok.npy", npy_bytes((manifest["status"] == "ok").to_numpy()))
+        self.put("labels.npy", npy_bytes(manifest["label_id"].to_numpy(np.int32)))
+        self.put(ATTRS_FILE, json.dumps(attrs, sort_keys=True, indent=1).encode())

@@ -19,6 +19,10 @@ class ZarrSink(Sink):
 
     format = OutputFormat.ZARR
 
+    def group(self, mode: str = "r"):
+        """The zarr group of this output."""
+        return zarr.open_group(self._store(), mode=mode)
+
     def _store(self):
         if isinstance(self.fs, LocalFileSystem):  # zarr's own local store makes folders as it writes
             return zarr.storage.LocalStore(self.root)
@@ -39,7 +43,7 @@ class ZarrSink(Sink):
         group.create_array("labels", shape=(n,), dtype="int32", chunks=(c,), fill_value=-1, overwrite=True)
 
     def _write(self, chunk: Chunk) -> None:
-        group = zarr.open_group(self._store(), mode="r+")
+        group = self.group("r+")
         stop = chunk.start + len(chunk.rows)
         for size, key in zip(self.config.sizes, self.config.size_keys):
             group[f"{key}/images"][chunk.start : stop] = chunk.stacked(key, size.height, size.width)
@@ -47,4 +51,4 @@ class ZarrSink(Sink):
         group["labels"][chunk.start : stop] = chunk.labels
 
     def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
-        zarr.open_group(self._store(), mode="r+").attrs.update(attrs)
+        self.group("r+").attrs.update(attrs)

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core; 0: in this process)")
     p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
                    help="fsspec option for SOURCE and DEST, repeatable")
+    p.add_argument("--masks", metavar="FOLDER", help="label masks paired with the images by relative path")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output at DEST and start again")
     p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -95,7 +96,8 @@ def _presize(args: argparse.Namespace) -> int:
         formats=[f for f in args.formats.split(",") if f.strip()] if args.formats else None,
     )
     report = presize(args.source, args.dest, config=config, scheduler=args.scheduler, workers=args.workers,
-                     storage_options=dict(args.storage_option), overwrite=args.overwrite, progress=not args.quiet)
+                     storage_options=dict(args.storage_option), masks=args.masks, overwrite=args.overwrite,
+                     progress=not args.quiet)
     print(report)
     if report.failed:
         shown = report.failures.head(10)

@@ -209,6 +209,7 @@ class PresizeConfig:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     draft_factor: float = 2.0
     quality: int = 90
+    masks: bool = False  #: inputs come with label masks, resized beside the images
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -246,6 +247,7 @@ class PresizeConfig:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         formats: Iterable[str] | None = None,
         quality: int = 90,
+        masks: bool = False,
     ) -> "PresizeConfig":
         """Check plain values and build a config; raises ConfigError naming the first bad one."""
         if isinstance(sizes, (int, str, Size)):
@@ -264,6 +266,7 @@ class PresizeConfig:
             max_pixels=int(max_pixels),
             formats=fmts,
             quality=int(quality),
+            masks=bool(masks),
         )
 
     @property

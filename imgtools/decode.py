@@ -23,7 +23,7 @@ from . import kernels
 from .config import PresizeConfig
 from .errors import DecodeError
 
-__all__ = ["Decoded", "decode", "ORIENTATION_SWAPS"]
+__all__ = ["Decoded", "decode", "decode_mask", "ORIENTATION_SWAPS"]
 
 _ORIENTATION_TAG = 0x0112
 #: EXIF orientations that swap width and height.
@@ -202,3 +202,36 @@ def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
     img.load()
     pixels = _orient(_to_rgb(img, config.background), orientation)
     return Decoded(pixels=pixels, width=width, height=height, mode=mode, format=fmt, orientation=orientation)
+
+
+def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
+    """Decode a label mask: one channel of class indices (modes 1, L, P as indices, I and I;16 up to 255),
+    upright, as a 2-d uint8 array.
+
+    Examples
+    --------
+    >>> from PIL import Image; import io
+    >>> buf = io.BytesIO(); Image.new("L", (4, 3), 2).save(buf, "PNG")
+    >>> decode_mask(buf.getvalue(), PresizeConfig()).shape
+    (3, 4)
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img = _open(data, config.formats)
+            w, h = img.size
+            if w * h > config.max_pixels:
+                raise DecodeError(f"mask {w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}")
+            orientation = _orientation(img)
+            if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+                raise DecodeError(f"mask has mode {img.mode!r}; a mask has one channel of class indices")
+            arr = np.asarray(img.convert("L") if img.mode == "1" else img)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"mask: {type(exc).__name__}: {exc}") from None
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise DecodeError(f"mask has class indices up to {int(arr.max())}; at most 255 are kept")
+        arr = arr.astype(np.uint8)
+    return np.ascontiguousarray(_orient(arr[:, :, None], orientation)[:, :, 0])

@@ -7,6 +7,7 @@ of one image is a manifest row with its reason, never an exception out of :func:
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import partial
 from typing import Any
 
@@ -14,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from .config import PresizeConfig
-from .decode import decode
+from .decode import decode, decode_mask
 from .errors import DecodeError
-from .resize import draft_request, is_identity, resize_all
+from .resize import draft_request, is_identity, resize_all, resize_mask, transform_points
 from .sinks.base import Chunk, Sink
-from .sources import read_bytes
+from .sources import PAIRED_COLUMNS, read_bytes
 
 __all__ = ["ImageResult", "process_image", "process_chunk", "MANIFEST_COLUMNS"]
 
@@ -82,49 +83,104 @@ def process_image(data: bytes | BaseException, config: PresizeConfig) -> ImageRe
     return ImageResult(arrays, None, unchanged=_unchanged(decoded, config), **meta)
 
 
+def pair_targets(result: ImageResult, mask: bytes | BaseException | None, coords: dict[str, str | None],
+                 config: PresizeConfig) -> tuple[ImageResult, dict[str, np.ndarray], dict[str, str | None]]:
+    """Bring an image's paired targets along its geometry: the mask (nearest neighbour) and the
+    ``points`` / ``boxes`` (JSON, pixels of the upright image). Returns the result (failed when a target
+    is unusable), the masks by size key, and the moved coordinates as JSON by ``<column>_<size>``."""
+    original = (result.width, result.height)
+    keys = config.size_keys
+    masks: dict[str, np.ndarray] = {}
+    moved: dict[str, str | None] = {f"{c}_{k}": None for c in coords for k in keys}
+    try:
+        if config.masks:
+            if mask is None:
+                raise DecodeError("no mask for this image")
+            if isinstance(mask, BaseException):
+                raise DecodeError(f"mask read failed: {type(mask).__name__}: {mask}")
+            m = decode_mask(mask, config)
+            if m.shape != (result.height, result.width):
+                raise DecodeError(f"mask is {m.shape[1]}x{m.shape[0]} but the image is {result.width}x{result.height}")
+            masks = {s.key(config.mode): resize_mask(m, s, config, original) for s in config.sizes}
+        for col, text in coords.items():
+            if text is None:
+                continue
+            try:
+                xy = np.asarray(json.loads(text), np.float64).reshape(-1, 2)
+            except (ValueError, TypeError):
+                raise DecodeError(f"{col} {text[:40]!r} is not a JSON list of numbers") from None
+            for s in config.sizes:
+                out = transform_points(xy, s, config, original)
+                if col == "boxes":
+                    out = np.clip(out, 0, [s.width, s.height])
+                width = 4 if col == "boxes" else 2
+                moved[f"{col}_{s.key(config.mode)}"] = json.dumps(np.round(out, 3).reshape(-1, width).tolist())
+    except DecodeError as exc:
+        failed = dataclasses.replace(result, arrays=None, error=str(exc), unchanged=frozenset())
+        return failed, {}, {k: None for k in moved}
+    return result, masks, moved
+
+
 def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, fs: Any, sink: Sink,
                   reuse: pd.DataFrame | None = None) -> pd.DataFrame:
     """Read, decode, resize and write one chunk of inputs (listing rows); returns its manifest rows.
 
-    The bytes of the whole chunk are fetched in one batched call, so remote sources are read
-    concurrently. Rows of ``reuse`` (earlier manifest rows, by ``relpath``) are taken as they are and
-    their images are neither read nor written again. The sink writes the chunk and, last, its marker.
+    The bytes of the whole chunk (and of its masks) are fetched in one batched call, so remote sources
+    are read concurrently. Rows of ``reuse`` (earlier manifest rows, by ``relpath``) are taken as they are
+    and their images are neither read nor written again. The sink writes the chunk and, last, its marker.
     """
     items = items.reset_index(drop=True)
     n = len(items)
     keys = config.size_keys
+    paired = [c for c in PAIRED_COLUMNS if c in items.columns]
     known = {} if reuse is None or reuse.empty else dict(zip(reuse["relpath"], range(len(reuse))))
     todo = [i for i, rel in enumerate(items["relpath"]) if rel not in known]
-    fetched = dict(zip(todo, read_bytes(fs, list(items["origin"].iloc[todo])))) if todo else {}
+    mask_of = {i: items["mask"].iloc[i] for i in todo if config.masks and isinstance(items["mask"].iloc[i], str)}
+    got = read_bytes(fs, list(items["origin"].iloc[todo]) + list(mask_of.values())) if todo else []
+    fetched = dict(zip(todo, got[: len(todo)]))
+    mask_bytes = dict(zip(mask_of, got[len(todo) :]))
     images: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keys}
+    masks: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keys} if config.masks else {}
     unchanged = {k: [False] * n for k in keys}
     data: list[bytes | None] = [None] * n
-    columns: dict[str, list[Any]] = {c: [None] * n for c in ("status", "error", "height", "width", "mode")}
+    names = ["status", "error", "height", "width", "mode"] + [f"{c}_{k}" for c in paired for k in keys]
+    columns: dict[str, list[Any]] = {c: [None] * n for c in names}
     for i in range(n):
         if i not in fetched:
             old = reuse.iloc[known[items["relpath"].iloc[i]]]
             for c in columns:
-                columns[c][i] = None if pd.isna(old[c]) else old[c]
+                columns[c][i] = None if c not in old or pd.isna(old[c]) else old[c]
             continue
         raw = fetched.pop(i)
-        result = process_image(raw, config)
+        result, moved = process_image(raw, config), {}
+        if result.ok and (config.masks or paired):
+            coords = {c: None if pd.isna(items[c].iloc[i]) else items[c].iloc[i] for c in paired}
+            result, pair_masks, moved = pair_targets(result, mask_bytes.pop(i, None), coords, config)
+            for key, m in pair_masks.items():
+                masks[key][i] = m
         if result.ok:
             for key, arr in result.arrays.items():  # type: ignore[union-attr]
                 images[key][i] = arr
                 unchanged[key][i] = key in result.unchanged
         if result.unchanged:
             data[i] = raw  # type: ignore[assignment]  # copied, not re-encoded
-        columns["status"][i] = "ok" if result.ok else "failed"
-        columns["error"][i] = result.error
-        columns["height"][i], columns["width"][i], columns["mode"][i] = result.height, result.width, result.mode
+        values = {"status": "ok" if result.ok else "failed", "error": result.error, "height": result.height,
+                  "width": result.width, "mode": result.mode, **moved}
+        for c, v in values.items():
+            columns[c][i] = v
     rows = manifest_frame(items.assign(**columns))
     sink.write(Chunk(index=chunk_index, start=int(items["index"].iloc[0]), rows=rows, images=images,
-                     unchanged=unchanged, data=data))
+                     unchanged=unchanged, data=data, masks=masks))
     return rows
 
+
 def manifest_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """Manifest columns in their order and dtypes."""
-    out = rows[MANIFEST_COLUMNS].copy()
+    """Manifest columns in their order and dtypes; paired-target columns (``mask``, ``points``,
+    ``points_<size>``, ...) follow as text."""
+    extra = [c for c in rows.columns if c not in MANIFEST_COLUMNS and c != "chunk"]
+    out = rows[MANIFEST_COLUMNS + extra].copy()
+    for col in extra:
+        out[col] = out[col].astype("string")
     out["index"] = out["index"].astype("int64")
     for col in ("origin", "relpath", "label", "status", "error", "mode"):
         out[col] = out[col].astype("string")

@@ -80,6 +80,7 @@ def presize(
     scheduler: str | None = None,
     workers: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    masks: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> PresizeReport:
@@ -100,6 +101,10 @@ def presize(
         ``workers=0`` runs everything in this process, without Dask (debugging, tiny jobs).
     storage_options : dict, optional
         fsspec options for ``source`` and ``dest`` (credentials, endpoints).
+    masks : str, optional
+        A folder of label masks paired with the images by relative path (a manifest can instead have a
+        ``mask`` column); they are resized with their image's geometry, nearest neighbour. A manifest's
+        ``points`` / ``boxes`` columns are moved the same way into ``points_<size>`` / ``boxes_<size>``.
     overwrite : bool
         Delete an earlier output at ``dest`` (only one imgtools wrote) and start again.
     progress : bool
@@ -123,8 +128,10 @@ def presize(
     if workers is not None and workers < 0:
         raise ConfigError(f"workers {workers!r} must be 0 (in this process) or more")
     started = time.perf_counter()
-    listing = list_source(source, config.labels, storage_options)
+    listing = list_source(source, config.labels, storage_options, masks=masks)
     items = listing.items
+    if "mask" in items.columns and not config.masks:
+        config = dataclasses.replace(config, masks=True)
     sink = make_sink(dest, config, storage_options)
     done = sink.prepare(items, _job(config, items), overwrite=overwrite)
     with _Heartbeat(sink):

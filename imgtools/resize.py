@@ -14,7 +14,7 @@ from PIL import Image
 
 from .config import PresizeConfig, Resample, ResizeMode, Size
 
-__all__ = ["Plan", "plan", "draft_request", "resize", "resize_all", "is_identity"]
+__all__ = ["Plan", "plan", "draft_request", "resize", "resize_all", "is_identity", "resize_mask", "transform_points"]
 
 _FILTERS = {Resample.LANCZOS: Image.Resampling.LANCZOS, Resample.BICUBIC: Image.Resampling.BICUBIC}
 
@@ -143,3 +143,36 @@ def is_identity(width: int, height: int, size: Size, config: PresizeConfig) -> b
     """
     p = plan(width, height, size, config.mode, config.only_if_bigger)
     return p.box == (0.0, 0.0, float(width), float(height)) and p.scaled == p.canvas == (width, height)
+
+
+def resize_mask(mask: np.ndarray, size: Size, config: PresizeConfig, original: tuple[int, int]) -> np.ndarray:
+    """Resize a 2-d label mask with the geometry of its image, nearest neighbour (labels stay labels);
+    padding is 0.
+
+    Examples
+    --------
+    >>> m = np.zeros((20, 40), np.uint8); m[:, 20:] = 3
+    >>> resize_mask(m, Size(8, 8), PresizeConfig.build(mode="pad"), (40, 20))[3].tolist()
+    [0, 0, 0, 0, 3, 3, 3, 3]
+    """
+    p = plan(original[0], original[1], size, config.mode, config.only_if_bigger)
+    out = np.asarray(Image.fromarray(mask).resize(p.scaled, Image.Resampling.NEAREST, box=p.box))
+    canvas = np.zeros((p.canvas[1], p.canvas[0]), mask.dtype)
+    ox, oy = p.offset
+    canvas[oy : oy + out.shape[0], ox : ox + out.shape[1]] = out
+    return canvas
+
+
+def transform_points(xy: np.ndarray, size: Size, config: PresizeConfig, original: tuple[int, int]) -> np.ndarray:
+    """Map ``(k, 2)`` pixel coordinates ``x, y`` of the upright original to the output of ``size``.
+    Points cut off by a crop land outside ``[0, W) x [0, H)``.
+
+    Examples
+    --------
+    >>> transform_points(np.array([[200.0, 100.0]]), Size(100, 100), PresizeConfig.build(mode="crop"), (400, 200))
+    array([[50., 50.]])
+    """
+    p = plan(original[0], original[1], size, config.mode, config.only_if_bigger)
+    x0, y0, x1, y1 = p.box
+    scale = np.array([p.scaled[0] / (x1 - x0), p.scaled[1] / (y1 - y0)])
+    return (np.asarray(xy, np.float64).reshape(-1, 2) - [x0, y0]) * scale + p.offset

@@ -34,6 +34,8 @@ _MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b
 _MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 _COLUMNS = ["origin", "relpath", "label"]
+#: Optional manifest columns of coordinates that follow the geometry of their image.
+PAIRED_COLUMNS = ("points", "boxes")
 
 
 def safe_relpath(path: str) -> str:
@@ -125,19 +127,45 @@ def _list_manifest(url: str, fs, path: str, labels: LabelSource, storage_options
     for value in table["path"]:
         if not isinstance(value, str) or not value.strip():
             raise SourceError(f"manifest {url!r} has an empty or non-text path: {value!r}")
-        if "://" in value:
-            origins.append(value)
-            relpaths.append(safe_relpath(value.split("://", 1)[1]))
-        elif value.startswith("/"):
-            origins.append(fs.unstrip_protocol(value))
-            relpaths.append(safe_relpath(value))
-        else:
-            origins.append(fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, value))))
-            relpaths.append(safe_relpath(value))
+        origin, relpath = _resolve(fs, base, value)
+        origins.append(origin)
+        relpaths.append(relpath)
     label = table["label"] if "label" in table.columns and labels is LabelSource.FOLDER else None
     out = pd.DataFrame({"origin": origins, "relpath": relpaths})
     out["label"] = [None if pd.isna(v) else str(v) for v in label] if label is not None else None
+    if "mask" in table.columns:
+        out["mask"] = [None if not isinstance(v, str) or not v.strip() else _resolve(fs, base, v)[0] for v in table["mask"]]
+    for col in PAIRED_COLUMNS:
+        if col in table.columns:
+            out[col] = [None if pd.isna(v) else str(v) for v in table[col]]
     return out
+
+
+def _resolve(fs, base: str, value: str) -> tuple[str, str]:
+    """A manifest entry -> (origin URL, safe relative path)."""
+    if "://" in value:
+        return value, safe_relpath(value.split("://", 1)[1])
+    if value.startswith("/"):
+        return fs.unstrip_protocol(value), safe_relpath(value)
+    return fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, value))), safe_relpath(value)
+
+
+def _attach_masks(items: pd.DataFrame, masks: str, storage_options: dict) -> pd.DataFrame:
+    """Pair each image with the file of the same relative path (any image extension) under ``masks``."""
+    try:
+        fs, root = url_to_fs(str(masks), **storage_options)
+        found = fs.find(root.rstrip("/"), withdirs=False) if fs.isdir(root) else None
+    except Exception as exc:
+        raise SourceError(f"masks {masks!r} cannot be reached: {exc}") from None
+    if found is None:
+        raise SourceError(f"masks {masks!r} is not a folder")
+    by_stem = {}
+    for path in sorted(found):
+        rel = posixpath.relpath(path, root.rstrip("/"))
+        stem, ext = posixpath.splitext(rel)
+        if ext.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(stem, fs.unstrip_protocol(path))
+    return items.assign(mask=[by_stem.get(posixpath.splitext(r)[0]) for r in items["relpath"]])
 
 
 def _label_order(values: Sequence[str]) -> tuple[str, ...]:
@@ -149,7 +177,10 @@ def _label_order(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def list_source(
-    source: str, labels: LabelSource = LabelSource.FOLDER, storage_options: dict[str, Any] | None = None
+    source: str,
+    labels: LabelSource = LabelSource.FOLDER,
+    storage_options: dict[str, Any] | None = None,
+    masks: str | None = None,
 ) -> Listing:
     """List the images of ``source``: a folder/prefix (recursively, sorted by relative path) or a
     ``.csv`` / ``.parquet`` manifest with a ``path`` column and an optional ``label`` column (kept in the
@@ -158,6 +189,10 @@ def list_source(
     Image files are found by extension, and files with an unknown extension by their first bytes; hidden
     files and folders (a name starting with ``.``) are left out. With ``labels="folder"`` a file's label
     is its first folder level under ``source`` (files directly in ``source`` have none).
+
+    Paired targets: ``masks`` names a second tree whose files pair with the images by relative path
+    (extension aside), or a manifest has a ``mask`` column; a manifest may also carry ``points`` and
+    ``boxes`` columns (JSON lists of ``[x, y]`` / ``[x0, y0, x1, y1]`` in pixels of the upright image).
 
     Raises
     ------
@@ -188,6 +223,8 @@ def list_source(
         items = _list_folder(fs, root, labels)
     if items.empty:
         raise SourceError(f"SOURCE {source!r} holds no image files")
+    if masks is not None:
+        items = _attach_masks(items, masks, storage_options)
     labels_ = [None if pd.isna(v) else str(v) for v in items["label"]]
     items["label"] = pd.array(labels_, dtype="string")
     names = _label_order([v for v in labels_ if v is not None])

@@ -50,6 +50,8 @@ class Chunk:
     unchanged: dict[str, list[bool]]
     #: the source bytes of each image (only kept where some output is unchanged)
     data: list[bytes | None]
+    #: per size key, one 2-d uint8 label mask per image (empty without masks)
+    masks: dict[str, list[np.ndarray | None]] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> np.ndarray:
@@ -59,10 +61,12 @@ class Chunk:
     def labels(self) -> np.ndarray:
         return self.rows["label_id"].to_numpy(np.int32)
 
-    def stacked(self, key: str, height: int, width: int) -> np.ndarray:
-        """The images of one fixed size as an (n, H, W, 3) array, zeros where there is none."""
-        out = np.zeros((len(self.rows), height, width, 3), np.uint8)
-        for i, arr in enumerate(self.images[key]):
+    def stacked(self, key: str, height: int, width: int, masks: bool = False) -> np.ndarray:
+        """The images (or masks) of one fixed size as an (n, H, W, 3) (or (n, H, W)) array, zeros where
+        there is none."""
+        shape = (len(self.rows), height, width) if masks else (len(self.rows), height, width, 3)
+        out = np.zeros(shape, np.uint8)
+        for i, arr in enumerate((self.masks if masks else self.images)[key]):
             if arr is not None:
                 out[i] = arr
         return out

@@ -1,4 +1,5 @@
-"""Image-file output (jpeg | png | webp): ``<size>/<relative path>.<ext>`` mirroring SOURCE.
+"""Image-file output (jpeg | png | webp): ``<size>/<relative path>.<ext>`` mirroring SOURCE, and label
+masks as PNG in ``<size>-masks/<relative path>.png``.
 
 The presizing cache of the fastai and S3-caching recipes: any size, including the variable ones
 (``shortest``, ``longest``). An output that would be the source file's own pixels in the same format is
@@ -58,8 +59,9 @@ class ImageFileSink(Sink):
                 self.renamed[int(index)] = output_relpath(relpath, ext, int(index))
             seen.add(name)
 
-    def _target(self, key: str, index: int, relpath: str) -> str:
-        name = self.renamed.get(index) or output_relpath(relpath, EXTENSIONS[self.config.format])
+    def _target(self, key: str, index: int, relpath: str, ext: str | None = None) -> str:
+        ext = ext or EXTENSIONS[self.config.format]
+        name = posixpath.splitext(self.renamed[index])[0] + ext if index in self.renamed else output_relpath(relpath, ext)
         path = posixpath.normpath(self.path(key, name))
         if not path.startswith(self.path(key) + "/"):  # sources never list such a path; never write it
             raise DestinationError(f"input {relpath!r} would be written outside DEST")
@@ -82,6 +84,12 @@ class ImageFileSink(Sink):
                 path = self._target(key, int(index), relpath)
                 self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
                 self.fs.pipe_file(path, data if data is not None else self._encode(arr))
+                if self.config.masks and chunk.masks[key][i] is not None:  # lossless, in a sibling tree
+                    mask_path = self._target(f"{key}-masks", int(index), relpath, ".png")
+                    self.fs.makedirs(posixpath.dirname(mask_path), exist_ok=True)
+                    buf = io.BytesIO()
+                    Image.fromarray(chunk.masks[key][i]).save(buf, "PNG")
+                    self.fs.pipe_file(mask_path, buf.getvalue())
 
     def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
         self.put("imgtools.json", json.dumps(attrs, sort_keys=True, indent=1).encode())

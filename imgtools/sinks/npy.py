@@ -1,5 +1,6 @@
 """``.npy`` output: ``<size>/part-00000.npy`` (n, H, W, 3) uint8 per chunk, memory-mappable; ``ok.npy``,
-``labels.npy`` and ``imgtools.json`` (the attributes) written last from the manifest."""
+``labels.npy`` and ``imgtools.json`` (the attributes) written last from the manifest; with masks,
+``<size>/masks-part-00000.npy`` (n, H, W) uint8 beside each part."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ class NpySink(Sink):
         for size, key in zip(self.config.sizes, self.config.size_keys):
             part = posixpath.join(key, f"part-{chunk.index:05d}.npy")
             self.put(part, npy_bytes(chunk.stacked(key, size.height, size.width)))
+            if self.config.masks:
+                masks = posixpath.join(key, f"masks-part-{chunk.index:05d}.npy")
+                self.put(masks, npy_bytes(chunk.stacked(key, size.height, size.width, masks=True)))
 
     def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
         self.put("ok.npy", npy_bytes((manifest["status"] == "ok").to_numpy()))

@@ -1,4 +1,5 @@
-"""zarr v3 output: ``<size>/images`` (N, H, W, 3) uint8, ``ok`` (N,) bool, ``labels`` (N,) int32."""
+"""zarr v3 output: ``<size>/images`` (N, H, W, 3) uint8, ``ok`` (N,) bool, ``labels`` (N,) int32, and
+with masks ``<size>/masks`` (N, H, W) uint8."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class ZarrSink(Sink):
             group.create_array(f"{key}/images", shape=(n, size.height, size.width, 3), dtype="uint8",
                                chunks=(c, size.height, size.width, 3), fill_value=0, overwrite=True,
                                dimension_names=("image", "y", "x", "channel"))
+            if self.config.masks:
+                group.create_array(f"{key}/masks", shape=(n, size.height, size.width), dtype="uint8",
+                                   chunks=(c, size.height, size.width), fill_value=0, overwrite=True,
+                                   dimension_names=("image", "y", "x"))
         group.create_array("ok", shape=(n,), dtype="bool", chunks=(c,), fill_value=False, overwrite=True)
         group.create_array("labels", shape=(n,), dtype="int32", chunks=(c,), fill_value=-1, overwrite=True)
 
@@ -47,6 +52,8 @@ class ZarrSink(Sink):
         stop = chunk.start + len(chunk.rows)
         for size, key in zip(self.config.sizes, self.config.size_keys):
             group[f"{key}/images"][chunk.start : stop] = chunk.stacked(key, size.height, size.width)
+            if self.config.masks:
+                group[f"{key}/masks"][chunk.start : stop] = chunk.stacked(key, size.height, size.width, masks=True)
         group["ok"][chunk.start : stop] = chunk.ok
         group["labels"][chunk.start : stop] = chunk.labels
 

@@ -1,0 +1,105 @@
+"""Paired targets follow their image: masks stay aligned under every mode, points and boxes move along."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import imgtools
+from conftest import encode
+from imgtools.config import PresizeConfig
+from test_sinks import read_back
+
+N = 24
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    """Images with one red rectangle on a dark noisy background, a mask of it, and its centre and box."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(N):
+        w, h = int(rng.integers(80, 300)), int(rng.integers(80, 300))
+        img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        x0, y0 = int(rng.integers(w // 4, w // 2)), int(rng.integers(h // 4, h // 2))
+        x1, y1 = x0 + int(rng.integers(w // 5, w // 3)), y0 + int(rng.integers(h // 5, h // 3))
+        img[y0:y1, x0:x1] = (230, 30, 30)
+        mask = np.zeros((h, w), np.uint8)
+        mask[y0:y1, x0:x1] = 1
+        rel = f"k{i % 2}/s{i:02d}"
+        for root, arr in (("images", img), ("masks", mask)):
+            (tmp_path / root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / root / f"{rel}.png").write_bytes(encode(Image.fromarray(arr), "PNG"))
+        rows.append({"path": f"images/{rel}.png", "mask": f"masks/{rel}.png",
+                     "points": json.dumps([[(x0 + x1) / 2, (y0 + y1) / 2]]), "boxes": json.dumps([[x0, y0, x1, y1]])})
+    pd.DataFrame(rows).to_csv(tmp_path / "scenes.csv", index=False)
+    return tmp_path
+
+
+def _masks(dest, fmt, key, relpaths):
+    import zarr
+
+    if fmt == "zarr":
+        return list(zarr.open_group(str(dest), mode="r")[f"{key}/masks"][:])
+    if fmt == "npy":
+        return list(np.concatenate([np.load(p) for p in sorted((dest / key).glob("masks-part-*.npy"))]))
+    out = []
+    for rel in relpaths:
+        with Image.open(dest / f"{key}-masks" / rel) as img:
+            out.append(np.asarray(img))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "npy", "png"])
+@pytest.mark.parametrize("mode", ["crop", "pad", "squash"])
+def test_masks_stay_aligned_with_their_images(scenes, tmp_path, fmt, mode):
+    dest = tmp_path / "o"
+    cfg = PresizeConfig.build(sizes=[48, "64x40"], mode=mode, format=fmt, chunk=8)
+    report = imgtools.presize(str(scenes / "images"), str(dest), config=cfg, masks=str(scenes / "masks"),
+                              workers=0, progress=False)
+    assert report.failed == 0
+    m = pd.read_parquet(dest / "manifest.parquet")
+    assert all(mk.endswith("masks/" + rel) for mk, rel in zip(m["mask"], m["relpath"]))
+    for key in cfg.size_keys:
+        images = read_back(dest, fmt, key)
+        masks = _masks(dest, fmt, key, m["relpath"])
+        for img, mask in zip(images, masks):
+            red = (img[..., 0] > 150) & (img[..., 1] < 100)
+            assert mask.shape == img.shape[:2] and set(np.unique(mask)) <= {0, 1}
+            iou = (red & (mask == 1)).sum() / max((red | (mask == 1)).sum(), 1)
+            assert iou > 0.8, (key, iou)
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "squash"])
+def test_points_and_boxes_move_with_the_geometry(scenes, tmp_path, mode):
+    dest = tmp_path / "o"
+    cfg = PresizeConfig.build(sizes=["64x48"], mode=mode, chunk=8)
+    imgtools.presize(str(scenes / "scenes.csv"), str(dest), config=cfg, workers=0, progress=False)
+    m = pd.read_parquet(dest / "manifest.parquet")
+    assert {"points_64x48", "boxes_64x48", "mask"} <= set(m.columns)
+    images = read_back(dest, "zarr", "64x48")
+    masks = _masks(dest, "zarr", "64x48", m["relpath"])
+    for img, mask, points, boxes in zip(images, masks, m["points_64x48"], m["boxes_64x48"]):
+        (x, y), = json.loads(points)
+        assert mask[int(y), int(x)] == 1 and img[int(y), int(x), 0] > 150
+        (bx0, by0, bx1, by1), = json.loads(boxes)
+        ys, xs = np.nonzero(mask)
+        assert abs(bx0 - xs.min()) <= 1.5 and abs(bx1 - (xs.max() + 1)) <= 1.5
+        assert abs(by0 - ys.min()) <= 1.5 and abs(by1 - (ys.max() + 1)) <= 1.5
+
+
+def test_missing_or_mismatched_mask_fails_only_that_image(scenes, tmp_path):
+    (scenes / "masks" / "k0" / "s00.png").unlink()
+    (scenes / "masks" / "k1" / "s01.png").write_bytes(encode(Image.new("L", (7, 7)), "PNG"))
+    (scenes / "masks" / "k0" / "s02.png").write_bytes(encode(Image.new("RGB", (7, 7)), "PNG"))
+    report = imgtools.presize(str(scenes / "images"), str(tmp_path / "o"), sizes=[16], masks=str(scenes / "masks"),
+                              workers=0, progress=False)
+    m = pd.read_parquet(tmp_path / "o" / "manifest.parquet").set_index("relpath")
+    assert report.failed == 3
+    assert m.loc["k0/s00.png", "error"] == "no mask for this image"
+    assert "mask is 7x7 but the image is" in m.loc["k1/s01.png", "error"]
+    assert "one channel" in m.loc["k0/s02.png", "error"]

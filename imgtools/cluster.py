@@ -56,8 +56,12 @@ def client_for_run(client=None, scheduler: str | None = None, workers: int | Non
     if scheduler is None and workers is None:
         from distributed import default_client
 
-        with contextlib.suppress(ValueError):
-            yield default_client()
+        try:
+            current = default_client()
+        except ValueError:  # no client yet
+            current = None
+        if current is not None:
+            yield current
             return
     made = get_client(scheduler, workers)
     try:

@@ -8,8 +8,6 @@ listed in its attributes. Works on zarr and npy outputs.
 from __future__ import annotations
 
 import dataclasses
-import json
-import posixpath
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -22,8 +20,7 @@ from dask_image.ndfilters import gaussian_filter
 from .cluster import client_for_run
 from .config import PresizeConfig, Size, parse_size
 from .errors import ConfigError, SourceError
-from .sinks import NpySink, ZarrSink, make_sink
-from .sinks.npy import ATTRS_FILE, npy_bytes
+from .sinks import MANIFEST, NpySink, ZarrSink, make_sink
 
 __all__ = ["derive", "DeriveReport", "resample_block"]
 
@@ -98,14 +95,14 @@ def derive(
         _check(src, t, key)
         if key in info["sizes"]:
             raise ConfigError(f"size {key!r} is already in {dest!r}")
-    images = _load(sink, source_size, src, info["n"], config.chunk)
+    images = _load(sink, source_size, src, info["n"])
     writes = []
     for t, key in zip(targets, keys):
         sigma = (0.0, 0.25 * src.height / t.height, 0.25 * src.width / t.width, 0.0)
         smooth = gaussian_filter(images.astype(np.float32), sigma=sigma, mode="nearest")
         out = smooth.map_blocks(resample_block, t.height, t.width, dtype=np.uint8,
                                 chunks=(images.chunks[0], (t.height,), (t.width,), (3,)))
-        writes.append(_store(sink, key, out))
+        writes.append(_store(sink, key, t, out))
     if workers == 0 and client is None and scheduler is None:
         dask.compute(writes, scheduler="synchronous")
     else:
@@ -113,7 +110,7 @@ def derive(
             dask_client.compute(writes, sync=True)
     info["sizes"] = info["sizes"] + keys
     info.setdefault("derived", {}).update({k: {"from": source_size, "sigma": "0.25/scale"} for k in keys})
-    _save_attrs(sink, attrs)
+    sink.write_attrs(attrs)
     return DeriveReport(dest=sink.url, source_size=source_size, sizes=tuple(keys), images=info["n"],
                         seconds=time.perf_counter() - started)
 
@@ -121,51 +118,24 @@ def derive(
 def _open(dest: str, storage_options) -> tuple[dict[str, Any], ZarrSink | NpySink]:
     for fmt in ("zarr", "npy"):
         sink = make_sink(dest, PresizeConfig.build(format=fmt), storage_options)
-        try:
-            if fmt == "zarr":
-                attrs = dict(sink.group("r").attrs)  # type: ignore[union-attr]
-            else:
-                attrs = json.loads(sink.fs.cat_file(sink.path(ATTRS_FILE)))
-        except Exception:
-            continue
-        if "imgtools" in attrs:
-            return attrs, sink  # type: ignore[return-value]
+        attrs = sink.read_attrs()
+        if attrs and "imgtools" in attrs and sink.fs.exists(sink.path(MANIFEST)):
+            config = PresizeConfig.from_dict(attrs["imgtools"]["config"])
+            return attrs, make_sink(dest, config, storage_options)  # type: ignore[return-value]
     raise SourceError(f"DEST {dest!r} is not a complete zarr or npy output of imgtools presize")
 
 
-def _load(sink, key: str, size: Size, n: int, chunk: int) -> da.Array:
+def _load(sink, key: str, size: Size, n: int) -> da.Array:
     if isinstance(sink, ZarrSink):
         return da.from_zarr(sink.group("r")[f"{key}/images"])
-    parts = []
-    for i, start in enumerate(range(0, n, chunk)):
-        rows = min(chunk, n - start)
-        path = sink.path(key, f"part-{i:05d}.npy")
-        load = dask.delayed(_read_npy)(sink, path)
-        parts.append(da.from_delayed(load, (rows, size.height, size.width, 3), dtype=np.uint8))
+    chunk = sink.config.chunk
+    parts = [da.from_delayed(dask.delayed(sink.read_part)(key, i), (min(chunk, n - start), size.height, size.width, 3),
+                             dtype=np.uint8) for i, start in enumerate(range(0, n, chunk))]
     return da.concatenate(parts)
 
 
-def _store(sink, key: str, out: da.Array):
+def _store(sink, key: str, size: Size, out: da.Array):
     if isinstance(sink, ZarrSink):
-        group = sink.group("r+")
-        target = group.create_array(f"{key}/images", shape=out.shape, dtype="uint8", chunks=out.chunksize,
-                                    fill_value=0, overwrite=True, dimension_names=("image", "y", "x", "channel"))
+        target = sink.create_images(sink.group("r+"), key, out.shape[0], size)
         return da.store(out, target, lock=False, compute=False)
-    write = dask.delayed(_write_npy)
-    return [write(sink, posixpath.join(key, f"part-{i:05d}.npy"), block) for i, block in enumerate(out.to_delayed().ravel())]
-
-
-def _read_npy(sink, path: str) -> np.ndarray:
-    with sink.fs.open(path, "rb") as f:
-        return np.load(f, allow_pickle=False)
-
-
-def _write_npy(sink, relpath: str, block: np.ndarray) -> None:
-    sink.put(relpath, npy_bytes(block))
-
-
-def _save_attrs(sink, attrs: dict[str, Any]) -> None:
-    if isinstance(sink, ZarrSink):
-        sink.group("r+").attrs.update(attrs)
-    else:
-        sink.put(ATTRS_FILE, json.dumps(attrs, sort_keys=True, indent=1).encode())
+    return [dask.delayed(sink.write_part)(key, i, block) for i, block in enumerate(out.to_delayed().ravel())]

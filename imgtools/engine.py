@@ -17,14 +17,17 @@ import pandas as pd
 from .config import PresizeConfig
 from .decode import decode, decode_mask
 from .errors import DecodeError
-from .resize import draft_request, is_identity, resize_all, resize_mask, transform_points
+from .resize import draft_request, is_identity, plan, resize_all, resize_mask, transform_points
 from .sinks.base import Chunk, Sink
 from .sources import PAIRED_COLUMNS, read_bytes
 
-__all__ = ["ImageResult", "process_image", "process_chunk", "MANIFEST_COLUMNS"]
+__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values",
+           "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
 
 #: Manifest columns, in order.
 MANIFEST_COLUMNS = ["index", "origin", "relpath", "label", "label_id", "status", "error", "height", "width", "mode"]
+#: The columns an image's processing decides (the rest come from the listing).
+RESULT_COLUMNS = ("status", "error", "height", "width", "mode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,10 @@ def process_image(data: bytes | BaseException, config: PresizeConfig) -> ImageRe
     except DecodeError as exc:
         return ImageResult(None, str(exc))
     meta: dict[str, Any] = {"height": decoded.height, "width": decoded.width, "mode": decoded.mode}
+    for size in config.sizes:  # the pixel guard holds for outputs too (shortest side of a sliver, say)
+        w, h = plan(decoded.width, decoded.height, size, config.mode, config.only_if_bigger).canvas
+        if w * h > config.max_pixels:
+            return ImageResult(None, f"output {w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}", **meta)
     try:
         arrays = resize_all(decoded.pixels, config, (decoded.width, decoded.height))
     except MemoryError:
@@ -89,9 +96,8 @@ def pair_targets(result: ImageResult, mask: bytes | BaseException | None, coords
     ``points`` / ``boxes`` (JSON, pixels of the upright image). Returns the result (failed when a target
     is unusable), the masks by size key, and the moved coordinates as JSON by ``<column>_<size>``."""
     original = (result.width, result.height)
-    keys = config.size_keys
     masks: dict[str, np.ndarray] = {}
-    moved: dict[str, str | None] = {f"{c}_{k}": None for c in coords for k in keys}
+    moved: dict[str, str | None] = {f"{c}_{k}": None for c in coords for k in config.size_keys}
     try:
         if config.masks:
             if mask is None:
@@ -105,15 +111,15 @@ def pair_targets(result: ImageResult, mask: bytes | BaseException | None, coords
         for col, text in coords.items():
             if text is None:
                 continue
+            width = 4 if col == "boxes" else 2
             try:
-                xy = np.asarray(json.loads(text), np.float64).reshape(-1, 2)
+                values = np.asarray(json.loads(text), np.float64).reshape(-1, width)
             except (ValueError, TypeError):
-                raise DecodeError(f"{col} {text[:40]!r} is not a JSON list of numbers") from None
+                raise DecodeError(f"{col} {text[:40]!r} is not a JSON list of {width}-number lists") from None
             for s in config.sizes:
-                out = transform_points(xy, s, config, original)
+                out = transform_points(values.reshape(-1, 2), s, config, original)
                 if col == "boxes":
                     out = np.clip(out, 0, [s.width, s.height])
-                width = 4 if col == "boxes" else 2
                 moved[f"{col}_{s.key(config.mode)}"] = json.dumps(np.round(out, 3).reshape(-1, width).tolist())
     except DecodeError as exc:
         failed = dataclasses.replace(result, arrays=None, error=str(exc), unchanged=frozenset())
@@ -121,56 +127,91 @@ def pair_targets(result: ImageResult, mask: bytes | BaseException | None, coords
     return result, masks, moved
 
 
-def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, fs: Any, sink: Sink,
-                  reuse: pd.DataFrame | None = None) -> pd.DataFrame:
+@dataclasses.dataclass
+class Outcome:
+    """One image ready for its sink: manifest ``values``, the sink's ``payloads`` and ``masks`` by size."""
+
+    values: dict[str, Any]
+    payloads: dict[str, Any]
+    masks: dict[str, np.ndarray]
+
+
+def process_one(raw: bytes | BaseException, mask: bytes | BaseException | None, coords: dict[str, str | None],
+                config: PresizeConfig, sink: Sink) -> Outcome:
+    """The whole per-image path short of writing: decode, resize, paired targets, the sink's encoding.
+    Whatever goes wrong is this image's failure reason.
+
+    Examples
+    --------
+    >>> from imgtools.sinks import make_sink
+    >>> process_one(b"", None, {}, PresizeConfig(), make_sink("memory://x", PresizeConfig())).values["error"]
+    'empty file (0 bytes)'
+    """
+    result, moved, masks = process_image(raw, config), {}, {}
+    if result.ok and (config.masks or coords):
+        result, masks, moved = pair_targets(result, mask, coords, config)
+    payloads: dict[str, Any] = {}
+    if result.ok:
+        try:
+            payloads = {key: sink.encode(arr, raw if key in result.unchanged else None)  # type: ignore[arg-type]
+                        for key, arr in result.arrays.items()}  # type: ignore[union-attr]
+        except Exception as exc:  # e.g. a side over the output format's limit
+            result, masks = dataclasses.replace(result, arrays=None, error=f"encode failed: {exc}"), {}
+            moved = {k: None for k in moved}
+    values = {"status": "ok" if result.ok else "failed", "error": result.error, "height": result.height,
+              "width": result.width, "mode": result.mode, **moved}
+    return Outcome(values, payloads, masks)
+
+
+def previous_values(previous: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """Result columns of earlier manifest rows by ``relpath`` (what an image's processing decided;
+    ``index``, ``origin`` and labels always come from the current listing)."""
+    if previous is None or previous.empty:
+        return {}
+    cols = [c for c in previous.columns if c in RESULT_COLUMNS or _is_moved(c)]
+    return {rel: {c: (None if pd.isna(v) else v) for c, v in zip(cols, vals)}
+            for rel, vals in zip(previous["relpath"], previous[cols].itertuples(index=False))}
+
+
+def _is_moved(column: str) -> bool:
+    return column.split("_", 1)[0] in PAIRED_COLUMNS and "_" in column
+
+
+def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink: Sink,
+                  storage_options: dict[str, Any] | None = None, reuse: pd.DataFrame | None = None) -> pd.DataFrame:
     """Read, decode, resize and write one chunk of inputs (listing rows); returns its manifest rows.
 
     The bytes of the whole chunk (and of its masks) are fetched in one batched call, so remote sources
-    are read concurrently. Rows of ``reuse`` (earlier manifest rows, by ``relpath``) are taken as they are
-    and their images are neither read nor written again. The sink writes the chunk and, last, its marker.
+    are read concurrently. Images whose ``relpath`` is in ``reuse`` (earlier manifest rows) keep their
+    earlier result and are neither read nor written again. The sink writes the chunk, then its marker.
     """
     items = items.reset_index(drop=True)
-    n = len(items)
-    keys = config.size_keys
+    n, keys = len(items), config.size_keys
     paired = [c for c in PAIRED_COLUMNS if c in items.columns]
-    known = {} if reuse is None or reuse.empty else dict(zip(reuse["relpath"], range(len(reuse))))
+    known = previous_values(reuse)
     todo = [i for i, rel in enumerate(items["relpath"]) if rel not in known]
     mask_of = {i: items["mask"].iloc[i] for i in todo if config.masks and isinstance(items["mask"].iloc[i], str)}
-    got = read_bytes(fs, list(items["origin"].iloc[todo]) + list(mask_of.values())) if todo else []
-    fetched = dict(zip(todo, got[: len(todo)]))
-    mask_bytes = dict(zip(mask_of, got[len(todo) :]))
-    images: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keys}
+    got = read_bytes(list(items["origin"].iloc[todo]) + list(mask_of.values()), storage_options) if todo else []
+    fetched, mask_bytes = dict(zip(todo, got[: len(todo)])), dict(zip(mask_of, got[len(todo) :]))
+    payloads: dict[str, list[Any]] = {k: [None] * n for k in keys}
     masks: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keys} if config.masks else {}
-    unchanged = {k: [False] * n for k in keys}
-    data: list[bytes | None] = [None] * n
-    names = ["status", "error", "height", "width", "mode"] + [f"{c}_{k}" for c in paired for k in keys]
+    names = list(RESULT_COLUMNS) + [f"{c}_{k}" for c in paired for k in keys]
     columns: dict[str, list[Any]] = {c: [None] * n for c in names}
     for i in range(n):
-        if i not in fetched:
-            old = reuse.iloc[known[items["relpath"].iloc[i]]]
-            for c in columns:
-                columns[c][i] = None if c not in old or pd.isna(old[c]) else old[c]
-            continue
-        raw = fetched.pop(i)
-        result, moved = process_image(raw, config), {}
-        if result.ok and (config.masks or paired):
+        if i in fetched:
             coords = {c: None if pd.isna(items[c].iloc[i]) else items[c].iloc[i] for c in paired}
-            result, pair_masks, moved = pair_targets(result, mask_bytes.pop(i, None), coords, config)
-            for key, m in pair_masks.items():
-                masks[key][i] = m
-        if result.ok:
-            for key, arr in result.arrays.items():  # type: ignore[union-attr]
-                images[key][i] = arr
-                unchanged[key][i] = key in result.unchanged
-        if result.unchanged:
-            data[i] = raw  # type: ignore[assignment]  # copied, not re-encoded
-        values = {"status": "ok" if result.ok else "failed", "error": result.error, "height": result.height,
-                  "width": result.width, "mode": result.mode, **moved}
-        for c, v in values.items():
-            columns[c][i] = v
+            outcome = process_one(fetched.pop(i), mask_bytes.pop(i, None), coords, config, sink)
+            values = outcome.values
+            for key in outcome.payloads:
+                payloads[key][i] = outcome.payloads[key]
+            for key in outcome.masks:
+                masks[key][i] = outcome.masks[key]
+        else:
+            values = known[items["relpath"].iloc[i]]
+        for c in names:
+            columns[c][i] = values.get(c)
     rows = manifest_frame(items.assign(**columns))
-    sink.write(Chunk(index=chunk_index, start=int(items["index"].iloc[0]), rows=rows, images=images,
-                     unchanged=unchanged, data=data, masks=masks))
+    sink.write(Chunk(index=chunk_index, start=int(items["index"].iloc[0]), rows=rows, images=payloads, masks=masks))
     return rows
 
 

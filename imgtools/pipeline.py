@@ -21,10 +21,10 @@ from ._version import __version__
 from .cluster import client_for_run, dashboard_link
 from .config import PresizeConfig, Size
 from .errors import ConfigError
-from .engine import manifest_frame, process_chunk, process_image
+from .engine import manifest_frame, previous_values, process_chunk, process_one
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
-from .sources import list_source, read_bytes
+from .sources import PAIRED_COLUMNS, list_source, read_bytes
 
 __all__ = ["presize", "PresizeReport"]
 
@@ -57,8 +57,9 @@ class PresizeReport:
 
 def _job(config: PresizeConfig, items: pd.DataFrame) -> dict[str, Any]:
     digest = hashlib.sha256()
-    for origin, label in zip(items["origin"], items["label"]):
-        digest.update(f"{origin}\0{label}\n".encode())
+    paired = [c for c in ("mask", *PAIRED_COLUMNS) if c in items.columns]
+    for row in items[["origin", "label", *paired]].itertuples(index=False):
+        digest.update(("\0".join(map(str, row)) + "\n").encode())
     return {"config": config.to_dict(), "n": len(items), "inputs": digest.hexdigest(), "imgtools": __version__}
 
 
@@ -132,6 +133,8 @@ def presize(
     items = listing.items
     if "mask" in items.columns and not config.masks:
         config = dataclasses.replace(config, masks=True)
+    elif config.masks and "mask" not in items.columns:
+        raise ConfigError("config asks for masks but SOURCE has no 'mask' column and no masks folder was given")
     sink = make_sink(dest, config, storage_options)
     done = sink.prepare(items, _job(config, items), overwrite=overwrite)
     with _Heartbeat(sink):
@@ -140,10 +143,10 @@ def presize(
         bar.update(sum(len(rows) for rows in parts.values()))
         if todo and workers == 0 and client is None and scheduler is None:
             for i, part, reuse in todo:
-                parts[i] = process_chunk(part, i, config, listing.fs, sink, reuse)
+                parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
                 bar.update(len(part))
         elif todo:
-            parts.update(_run_on_dask(todo, config, listing.fs, sink, bar, client, scheduler, workers, progress))
+            parts.update(_run_on_dask(todo, config, storage_options, sink, bar, client, scheduler, workers, progress))
         bar.close()
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
         if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
@@ -183,25 +186,27 @@ class _Heartbeat:
 
 
 def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional: bool):
-    """Split the inputs into chunks: those an earlier run finished (rows taken from their markers) and
-    those still to do, as (chunk number, items, rows to reuse or None)."""
-    markers = {int(c): g.drop(columns="chunk").reset_index(drop=True) for c, g in done.groupby("chunk")}
-    reusable = done.drop_duplicates("relpath", keep="last").drop(columns="chunk") if not positional else None
+    """Split the inputs into chunks: those an earlier run finished (their rows rebuilt from the listing
+    and the markers' results) and those still to do, as (chunk number, items, earlier rows to reuse)."""
+    markers = {int(c): g for c, g in done.groupby("chunk")}
+    reusable = None if positional or done.empty else done[done["status"] == "ok"]  # failures are retried
     parts: dict[int, pd.DataFrame] = {}
     todo = []
     for i, start in enumerate(range(0, len(items), chunk)):
         part = items.iloc[start : start + chunk]
         marker = markers.get(i)
-        if (marker is not None and len(marker) == len(part) and (marker["index"].to_numpy() == part["index"].to_numpy()).all()
-                and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()):
-            parts[i] = marker
+        if (marker is not None and len(marker) == len(part) and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
+                and (positional or (marker["status"] == "ok").all())):
+            known = previous_values(marker)
+            parts[i] = manifest_frame(part.assign(**{c: [known[r].get(c) for r in part["relpath"]]
+                                                    for c in next(iter(known.values()))}))
             continue
         reuse = None if reusable is None else reusable[reusable["relpath"].isin(part["relpath"])]
         todo.append((i, part, None if reuse is None or reuse.empty else reuse))
     return parts, todo
 
 
-def _run_on_dask(todo, config, fs, sink, bar, client, scheduler, workers, progress) -> dict[int, pd.DataFrame]:
+def _run_on_dask(todo, config, storage_options, sink, bar, client, scheduler, workers, progress) -> dict[int, pd.DataFrame]:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
 
@@ -212,7 +217,7 @@ def _run_on_dask(todo, config, fs, sink, bar, client, scheduler, workers, progre
                 bar.write(f"dashboard: {link}", file=sys.stderr)
         # one partition per chunk: no two tasks ever write the same chunk
         bag = db.from_sequence(todo, npartitions=len(todo)).map(
-            lambda task: (task[0], process_chunk(task[1], task[0], config, fs, sink, task[2]))
+            lambda task: (task[0], process_chunk(task[1], task[0], config, sink, storage_options, task[2]))
         )
         futures = dask_client.compute(bag.to_delayed(), retries=2)
         task_of = {f.key: task for f, task in zip(futures, todo)}
@@ -222,7 +227,7 @@ def _run_on_dask(todo, config, fs, sink, bar, client, scheduler, workers, progre
                 try:
                     pairs = future.result()
                 except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
-                    pairs = [_isolate(dask_client, task_of[future.key], config, fs, sink, bar)]
+                    pairs = [_isolate(dask_client, task_of[future.key], config, storage_options, sink, bar)]
                 for index, rows in pairs:
                     out[index] = rows
                     bar.update(len(rows))
@@ -231,12 +236,20 @@ def _run_on_dask(todo, config, fs, sink, bar, client, scheduler, workers, progre
         return out
 
 
-def _probe(origin: str, config: PresizeConfig, fs) -> bool:
-    """Decode and resize one file, keeping nothing: does it bring the worker down?"""
-    return process_image(read_bytes(fs, [origin])[0], config).ok
+def _probe(row: pd.Series, config: PresizeConfig, sink, storage_options) -> bool:
+    """The whole per-image path for one input, keeping nothing: does it bring the worker down?"""
+    mask = row.get("mask") if config.masks else None
+    raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options)
+    coords = {c: row[c] for c in PAIRED_COLUMNS if c in row.index and isinstance(row[c], str)}
+    return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == "ok"
 
 
-def _isolate(dask_client, task, config, fs, sink, bar) -> tuple[int, pd.DataFrame]:
+def _failed_rows(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
+    return pd.DataFrame({"relpath": rows["relpath"], "status": "failed", "error": reason, "height": -1, "width": -1,
+                         "mode": None})
+
+
+def _isolate(dask_client, task, config, storage_options, sink, bar) -> tuple[int, pd.DataFrame]:
     """Run a chunk whose task killed its workers again and again: each image alone, then the chunk
     without the images that kill workers, which become failed rows with that reason."""
     from distributed import KilledWorker, wait
@@ -245,15 +258,17 @@ def _isolate(dask_client, task, config, fs, sink, bar) -> tuple[int, pd.DataFram
     done = set() if reuse is None else set(reuse["relpath"])
     suspects = part[~part["relpath"].isin(done)]
     bar.write(f"chunk {index}: a file kills workers; testing its {len(suspects)} images one by one", file=sys.stderr)
-    probes = [dask_client.submit(_probe, origin, config, fs, pure=False) for origin in suspects["origin"]]
+    probes = [dask_client.submit(_probe, row, config, sink, storage_options, pure=False) for _, row in suspects.iterrows()]
     wait(probes)
-    killers = []
-    for (_, row), probe in zip(suspects.iterrows(), probes):
-        if probe.status == "error" and isinstance(probe.exception(), KilledWorker):
-            killers.append({"relpath": row["relpath"], "status": "failed", "height": -1, "width": -1, "mode": None,
-                            "error": "the decoder crashed its worker process on every try"})
-    extra = pd.DataFrame(killers, columns=["relpath", "status", "error", "height", "width", "mode"])
-    reuse = extra if reuse is None else pd.concat([reuse, extra], ignore_index=True)
-    rows = dask_client.submit(process_chunk, part, index, config, fs, sink, reuse if len(reuse) else None,
-                              pure=False, retries=2).result()
+    killed = [probe.status == "error" and isinstance(probe.exception(), KilledWorker) for probe in probes]
+    killers = _failed_rows(suspects[killed], "the decoder crashed its worker process on every try")
+    reuse = killers if reuse is None else pd.concat([reuse, killers], ignore_index=True)
+    try:
+        rows = dask_client.submit(process_chunk, part, index, config, sink, storage_options,
+                                  reuse if len(reuse) else None, pure=False, retries=2).result()
+    except KilledWorker:  # not one file alone: give up on the chunk's images, keep the run
+        rest = _failed_rows(suspects[~suspects["relpath"].isin(killers["relpath"])],
+                            "the worker died while processing this image's chunk")
+        rows = dask_client.submit(process_chunk, part, index, config, sink, storage_options,
+                                  pd.concat([reuse, rest], ignore_index=True), pure=False).result()
     return index, rows

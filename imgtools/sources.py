@@ -39,20 +39,17 @@ PAIRED_COLUMNS = ("points", "boxes")
 
 
 def safe_relpath(path: str) -> str:
-    """A relative posix path that stays inside any folder it is joined to: no root, no ``..``, no ``.``.
+    """A relative posix path that stays inside any folder it is joined to: no root, no ``.``; inner
+    ``..`` resolved, and a ``..`` that would climb out kept apart as a ``_parent_`` folder, so that
+    ``../x.jpg`` and ``x.jpg`` stay two different names.
 
     Examples
     --------
-    >>> safe_relpath("../../etc/x.jpg"), safe_relpath("/abs/./a//b.png"), safe_relpath("a/../../b.jpg")
-    ('etc/x.jpg', 'abs/a/b.png', 'b.jpg')
+    >>> safe_relpath("../../etc/x.jpg"), safe_relpath("/abs/./a//b.png"), safe_relpath("a/../b.jpg")
+    ('_parent_/_parent_/etc/x.jpg', 'abs/a/b.png', 'b.jpg')
     """
-    parts: list[str] = []
-    for part in path.replace("\\", "/").split("/"):
-        if part == "..":
-            if parts:
-                parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
+    norm = posixpath.normpath(path.replace("\\", "/"))  # an absolute path cannot climb above its root
+    parts = ["_parent_" if part == ".." else part for part in norm.split("/") if part not in ("", ".")]
     return "/".join(parts) or "_"
 
 
@@ -234,12 +231,27 @@ def list_source(
     return Listing(source=str(source), fs=fs, items=items.reset_index(drop=True), label_names=names)
 
 
-def read_bytes(fs, origins: Sequence[str]) -> list[bytes | Exception]:
-    """Fetch many whole files at once; concurrent on remote filesystems (fsspec's ``cat_ranges``, which,
-    unlike ``cat``, takes names literally: ``[``, ``?`` and ``*`` are not globs).
+def read_bytes(origins: Sequence[str], storage_options: dict[str, Any] | None = None) -> list[bytes | Exception]:
+    """Fetch many whole files at once, each from the filesystem its URL names; concurrent on remote
+    filesystems (fsspec's ``cat_ranges``, which, unlike ``cat``, takes names literally: ``[``, ``?`` and
+    ``*`` are not globs).
 
     Returns, in order, each file's bytes or the exception that reading it raised.
     """
-    paths = [fs._strip_protocol(o) for o in origins]
-    none = [None] * len(paths)
-    return list(fs.cat_ranges(paths, none, none, on_error="return"))
+    options = dict(storage_options or {})
+    groups: dict[int, tuple[Any, list[int], list[str]]] = {}
+    out: list[bytes | Exception] = [FileNotFoundError("not read")] * len(origins)
+    for i, origin in enumerate(origins):
+        try:
+            fs, path = url_to_fs(origin, **options)
+        except Exception as exc:  # an unknown protocol fails this file only
+            out[i] = exc
+            continue
+        _, where, paths = groups.setdefault(id(fs), (fs, [], []))
+        where.append(i)
+        paths.append(path)
+    for fs, where, paths in groups.values():
+        none = [None] * len(paths)
+        for i, got in zip(where, fs.cat_ranges(paths, none, none, on_error="return")):
+            out[i] = got
+    return out

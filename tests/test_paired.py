@@ -103,3 +103,15 @@ def test_missing_or_mismatched_mask_fails_only_that_image(scenes, tmp_path):
     assert m.loc["k0/s00.png", "error"] == "no mask for this image"
     assert "mask is 7x7 but the image is" in m.loc["k1/s01.png", "error"]
     assert "one channel" in m.loc["k0/s02.png", "error"]
+
+
+def test_masks_on_another_filesystem_are_read_from_it(scenes, tmp_path):
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    for path in sorted((scenes / "masks").rglob("*.png")):
+        mem.pipe_file(f"/imgtools-masks/{path.relative_to(scenes / 'masks')}", path.read_bytes())
+    report = imgtools.presize(str(scenes / "images"), str(tmp_path / "o"), sizes=[16],
+                              masks="memory://imgtools-masks", workers=0, progress=False)
+    assert (report.total, report.failed) == (N, 0)
+    mem.rm("/imgtools-masks", recursive=True)

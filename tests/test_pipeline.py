@@ -125,3 +125,14 @@ def test_report_summarises_counts_and_speed(labelled_dir, tmp_path):
     report = imgtools.presize(str(labelled_dir), str(tmp_path / "o"), sizes=[8], workers=0, progress=False)
     text = str(report)
     assert "80 images: 80 ok, 0 failed" in text and "images/s" in text and report.images_per_second > 0
+
+
+def test_errors_keep_their_type_when_a_default_client_exists(labelled_dir, tmp_path, dask_client):
+    from distributed import default_client
+
+    assert default_client() is dask_client
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[8], progress=False)
+    with pytest.raises(DestinationError, match="holds another job"):
+        imgtools.presize(str(labelled_dir), str(dest), sizes=[16], progress=False)
+    assert not (dest / ".imgtools" / "lock.json").exists()

@@ -20,14 +20,13 @@ from PIL import Image
 
 import imgtools
 from conftest import encode, gradient, make_labelled, psnr
-from imgtools.config import PresizeConfig
+from imgtools.config import OutputFormat, PresizeConfig
 from imgtools.engine import process_image
 from imgtools.errors import DestinationError
 from imgtools.sinks.files import output_relpath
 
 ALL = ["zarr", "npy", "jpeg", "png", "webp"]
 LOSSLESS = {"zarr", "npy", "png"}
-EXT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
 
 
 def read_back(dest: pathlib.Path, fmt: str, key: str) -> list[np.ndarray | None]:
@@ -41,7 +40,7 @@ def read_back(dest: pathlib.Path, fmt: str, key: str) -> list[np.ndarray | None]
         arr = np.concatenate([np.load(p, mmap_mode="r") for p in parts])
         assert np.load(dest / "ok.npy").tolist() == ok.tolist()
     else:
-        return [_load(dest / key / output_relpath(r, EXT[fmt])) if k else None for r, k in zip(m["relpath"], ok)]
+        return [_load(dest / key / output_relpath(r, OutputFormat(fmt))) if k else None for r, k in zip(m["relpath"], ok)]
     assert len(arr) == len(m)
     assert not arr[~ok].any()
     return [a if k else None for a, k in zip(arr, ok)]
@@ -85,7 +84,7 @@ def test_image_file_sinks_take_variable_sizes(labelled_dir, tmp_path, fmt, mode,
     key = f"{'short' if mode == 'shortest' else 'long'}{side}"
     m = pd.read_parquet(dest / "manifest.parquet")
     for rel, w, h in zip(m["relpath"], m["width"], m["height"]):
-        out_h, out_w = _load(dest / key / output_relpath(rel, EXT[fmt])).shape[:2]
+        out_h, out_w = _load(dest / key / output_relpath(rel, OutputFormat(fmt))).shape[:2]
         assert (min if mode == "shortest" else max)(out_w, out_h) == side
         assert abs(out_w / out_h - w / h) < 0.05 * max(w / h, 1)
 
@@ -101,9 +100,8 @@ def test_image_needing_no_resize_in_the_target_format_is_copied_not_reencoded(tm
     imgtools.presize(str(src), str(tmp_path / "o"), config=cfg, workers=0, progress=False)
     assert (tmp_path / "o/long100/small.jpg").read_bytes() == small
     assert _load(tmp_path / "o/long100/big.jpg").shape == (75, 100, 3)
-    # small.png becomes a jpeg named small~N.jpg beside the copied small.jpg, never over it
-    names = sorted(p.name for p in (tmp_path / "o/long100").iterdir())
-    assert names[0] == "big.jpg" and names[1] == "small.jpg" and names[2].startswith("small~")
+    # small.png becomes small.png.jpg beside the copied small.jpg, never over it
+    assert sorted(p.name for p in (tmp_path / "o/long100").iterdir()) == ["big.jpg", "small.jpg", "small.png.jpg"]
 
 
 def test_file_cache_processes_only_new_images_when_source_grows(labelled_dir, tmp_path):
@@ -115,6 +113,39 @@ def test_file_cache_processes_only_new_images_when_source_grows(labelled_dir, tm
     assert report.total == 81 and report.processed == 1
     after = tree_bytes(dest / "16x16")
     assert set(after) - set(first) == {"class2/zzz-new.png"} and all(after[k] == first[k] for k in first)
+
+
+def test_file_cache_keeps_labels_right_when_a_new_label_folder_sorts_first(labelled_dir, tmp_path):
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[16], format="png", workers=0, progress=False)
+    (labelled_dir / "aaa").mkdir()
+    (labelled_dir / "aaa" / "x.png").write_bytes(encode(Image.fromarray(gradient(50, 50)), "PNG"))
+    report = imgtools.presize(str(labelled_dir), str(dest), sizes=[16], format="png", workers=0, progress=False)
+    assert report.processed == 1
+    m = pd.read_parquet(dest / "manifest.parquet")
+    names = ["aaa", "class0", "class1", "class2", "class3"]
+    assert [names[i] for i in m["label_id"]] == list(m["label"])
+
+
+def test_file_cache_retries_failed_images(labelled_dir, tmp_path):
+    dest = tmp_path / "o"
+    (labelled_dir / "class0" / "late.png").write_bytes(b"not yet")
+    first = imgtools.presize(str(labelled_dir), str(dest), sizes=[16], format="png", workers=0, progress=False)
+    assert first.failed == 1
+    (labelled_dir / "class0" / "late.png").write_bytes(encode(Image.fromarray(gradient(40, 40)), "PNG"))
+    again = imgtools.presize(str(labelled_dir), str(dest), sizes=[16], format="png", workers=0, progress=False)
+    assert (again.failed, again.processed) == (0, 1)
+
+
+@pytest.mark.parametrize("side,reason", [(256, "encode failed"), (9000, "output 9000x1350000")])
+def test_image_too_big_for_its_output_fails_alone(tmp_path, side, reason):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "thin.png").write_bytes(encode(Image.new("RGB", (2, 300)), "PNG"))
+    (tmp_path / "src" / "fine.png").write_bytes(encode(Image.new("RGB", (30, 30)), "PNG"))
+    report = imgtools.presize(str(tmp_path / "src"), str(tmp_path / "o"), sizes=[side], mode="shortest",
+                              format="webp", workers=0, progress=False)
+    assert (report.total, report.failed) == (2, 1)
+    assert reason in report.failures["error"].iloc[0]
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "npy"])
@@ -147,7 +178,8 @@ def test_no_input_path_writes_outside_dest(tmp_path, fmt):
     assert not any(r.startswith(("/", "..")) or "/../" in r for r in m["relpath"])
     if fmt == "png":
         written = [p for p in (dest / "8x8").rglob("*") if p.is_file()]
-        assert len(written) == (m["status"] == "ok").sum() and all(p.resolve().is_relative_to(dest) for p in written)
+        assert len(written) == m[m["status"] == "ok"]["relpath"].nunique()  # the same path listed twice: one file
+        assert all(p.resolve().is_relative_to(dest) for p in written)
 
 
 def _run_cli(args, **kw):

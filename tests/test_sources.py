@@ -55,7 +55,7 @@ def test_manifest_keeps_its_order_and_resolves_relative_and_absolute_paths(tmp_p
     assert [o.split("imgs/")[1] for o in listing.items["origin"]] == [rel for rel, _ in reversed(truth)]
     assert listing.label_names == ("c0", "c1")
     assert list(listing.items["label_id"]) == [c for _, c in reversed(truth)]
-    assert all(b == b"" or isinstance(b, bytes) for b in read_bytes(listing.fs, list(listing.items["origin"])))
+    assert all(b == b"" or isinstance(b, bytes) for b in read_bytes(list(listing.items["origin"])))
 
 
 def test_manifest_numeric_labels_sort_as_numbers(tmp_path):
@@ -85,8 +85,7 @@ def test_manifest_without_path_column_is_refused(tmp_path):
 
 def test_read_bytes_returns_errors_in_place(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"abc")
-    from fsspec.core import url_to_fs
-
-    fs, _ = url_to_fs(str(tmp_path))
-    got = read_bytes(fs, [f"file://{tmp_path}/a.bin", f"file://{tmp_path}/missing.bin"])
-    assert got[0] == b"abc" and isinstance(got[1], FileNotFoundError)
+    got = read_bytes([f"file://{tmp_path}/a.bin", f"file://{tmp_path}/missing.bin", "nosuch://x", str(tmp_path / "a.bin"),
+                      "memory://imgtools-test/m.bin"])
+    assert got[0] == got[3] == b"abc" and isinstance(got[1], FileNotFoundError) and isinstance(got[2], Exception)
+    assert isinstance(got[4], FileNotFoundError)  # another filesystem, asked on its own

@@ -27,29 +27,27 @@ from fsspec.core import url_to_fs
 from ..config import OutputFormat, PresizeConfig
 from ..errors import DestinationError
 
-__all__ = ["Chunk", "Sink", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "LOCK_TTL"]
+__all__ = ["Chunk", "Sink", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "ATTRS_FILE", "LOCK_TTL"]
 
 JOB_FILE = ".imgtools/job.json"
 LOCK_FILE = ".imgtools/lock.json"
 MARKER_DIR = ".imgtools/chunks"
 MANIFEST = "manifest.parquet"
+ATTRS_FILE = "imgtools.json"
 #: Seconds after its last heartbeat that a lock of a run on another host counts as abandoned.
 LOCK_TTL = 120.0
 
 
 @dataclasses.dataclass
 class Chunk:
-    """One chunk of results: manifest ``rows`` ``start .. start + n`` and, per size key, one array per
-    image (None where the image failed or its output is already there)."""
+    """One chunk of results: manifest ``rows`` ``start .. start + n`` and, per size key, what the sink
+    encoded of each image (None where the image failed or its output is already there)."""
 
     index: int
     start: int
     rows: pd.DataFrame
-    images: dict[str, list[np.ndarray | None]]
-    #: per size key and image: the output would be the source file's own pixels (no resize, same format)
-    unchanged: dict[str, list[bool]]
-    #: the source bytes of each image (only kept where some output is unchanged)
-    data: list[bytes | None]
+    #: per size key, what :meth:`Sink.encode` made of each image (None where there is none)
+    images: dict[str, list[Any]]
     #: per size key, one 2-d uint8 label mask per image (empty without masks)
     masks: dict[str, list[np.ndarray | None]] = dataclasses.field(default_factory=dict)
 
@@ -104,6 +102,7 @@ class Sink(abc.ABC):
         self.fs, root = url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/") or root
         self.run_id = uuid.uuid4().hex
+        self._locked = False
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -137,12 +136,18 @@ class Sink(abc.ABC):
         if ours and previous is not None and not self._same_job(previous, job):
             raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
                                    "use --overwrite to start again")
-        self.fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
         self.take_lock()
-        if previous is None:
-            self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
-        self._create(items)
-        return self.done_rows()
+        try:
+            self.fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
+            if previous is None:
+                self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
+            elif self.fs.exists(self.path(MANIFEST)):  # no longer complete while this run works
+                self.fs.rm_file(self.path(MANIFEST))
+            self._create(items)
+            return self.done_rows()
+        except BaseException:
+            self.release_lock()
+            raise
 
     def _same_job(self, previous: dict[str, Any], job: dict[str, Any]) -> bool:
         if self.positional:
@@ -150,9 +155,22 @@ class Sink(abc.ABC):
         return previous.get("config") == job.get("config")
 
     def finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
-        """Write ``manifest.parquet``, then the attributes that mark the output complete."""
+        """Write what this form derives from the manifest, ``manifest.parquet``, then the attributes:
+        an output is complete when its manifest exists."""
+        self._finalize(manifest)
         self.put(MANIFEST, _parquet_bytes(manifest))
-        self._finalize(manifest, attrs)
+        self.write_attrs(attrs)
+
+    def read_attrs(self) -> dict[str, Any] | None:
+        """The attributes of a finished output (None when there are none)."""
+        try:
+            return json.loads(self.fs.cat_file(self.path(ATTRS_FILE)))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_attrs(self, attrs: dict[str, Any]) -> None:
+        """Record the attributes of the output (``imgtools.json``; zarr keeps them in the group)."""
+        self.put(ATTRS_FILE, json.dumps(attrs, sort_keys=True, indent=1).encode())
 
     def _nonempty(self) -> bool:
         return self.fs.isdir(self.root) and bool(self.fs.ls(self.root, detail=False))
@@ -168,7 +186,11 @@ class Sink(abc.ABC):
     def done_rows(self) -> pd.DataFrame:
         """Manifest rows of every chunk whose marker is complete, with a ``chunk`` column; a marker that
         cannot be read (a run killed while writing it) counts as not done."""
-        paths = sorted(p for p in self.fs.ls(self.path(MARKER_DIR), detail=False) if p.endswith(".parquet"))
+        try:
+            listed = self.fs.ls(self.path(MARKER_DIR), detail=False)
+        except FileNotFoundError:  # object stores have no empty folders
+            listed = []
+        paths = sorted(p for p in listed if p.endswith(".parquet"))
         blobs = self.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
         frames = []
         for path, blob in zip(paths, blobs):
@@ -187,14 +209,27 @@ class Sink(abc.ABC):
             return
         age = time.time() - float(lock.get("heartbeat", 0))
         same_host = lock.get("host") == socket.gethostname()
-        alive = _pid_alive(int(lock.get("pid", -1))) if same_host else age < LOCK_TTL
+        alive = age < LOCK_TTL and (not same_host or _pid_alive(int(lock.get("pid", -1))))
         if alive and lock.get("run") != self.run_id:
             raise DestinationError(
                 f"DEST {self.url!r} is being written by another run (pid {lock.get('pid')} on {lock.get('host')}, "
                 f"last seen {age:.0f} s ago); wait for it, or stop it and run again")
 
     def take_lock(self) -> None:
-        """Record this run as the writer of DEST; call again as a heartbeat, at most every LOCK_TTL / 4."""
+        """Record this run as the writer of DEST; call again as a heartbeat, at most every LOCK_TTL / 4.
+
+        Raises
+        ------
+        DestinationError
+            When another run has taken the lock over meanwhile (this run was thought dead).
+        """
+        try:
+            held = json.loads(self.fs.cat_file(self.path(LOCK_FILE))).get("run")
+        except (FileNotFoundError, ValueError):
+            held = None
+        if held not in (None, self.run_id) and self._locked:
+            raise DestinationError(f"DEST {self.url!r} was taken over by another run")
+        self._locked = True
         lock = {"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
         self.put(LOCK_FILE, json.dumps(lock).encode())
 
@@ -207,6 +242,11 @@ class Sink(abc.ABC):
             pass
 
     # ---- worker side -------------------------------------------------------------------------------
+    def encode(self, image: np.ndarray, original: bytes | None = None) -> Any:
+        """What this form keeps of one resized image (raising here fails only that image). ``original``
+        is the source file when the image is exactly that file's pixels. Arrays keep the array."""
+        return image
+
     def write(self, chunk: Chunk) -> None:
         """Write one chunk, then its done marker (last, so a readable marker always means complete data)."""
         self._write(chunk)
@@ -221,9 +261,8 @@ class Sink(abc.ABC):
     def _write(self, chunk: Chunk) -> None:
         """Write the data of one chunk (idempotent: writing it twice gives the same bytes)."""
 
-    @abc.abstractmethod
-    def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
-        """Record the run's attributes once every chunk is written."""
+    def _finalize(self, manifest: pd.DataFrame) -> None:
+        """Write what this form keeps beside the manifest, once every chunk is written."""
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

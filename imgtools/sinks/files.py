@@ -2,15 +2,15 @@
 masks as PNG in ``<size>-masks/<relative path>.png``.
 
 The presizing cache of the fastai and S3-caching recipes: any size, including the variable ones
-(``shortest``, ``longest``). An output that would be the source file's own pixels in the same format is
-a copy of the file, not a re-encoding. Markers are trusted by relative path, so adding images to SOURCE
+(``shortest``, ``longest``). An input keeps its name when its extension already names the output format
+(``a.JPG`` -> ``a.JPG``), else gains the format's (``a.png`` -> ``a.png.jpg``). An output that would be the
+source file's own pixels in the same format is a copy of the file, not a re-encoding. Markers are trusted by relative path, so adding images to SOURCE
 and running again only does the new ones.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 from typing import Any
 
@@ -24,20 +24,26 @@ from .base import Chunk, Sink
 
 __all__ = ["ImageFileSink", "EXTENSIONS", "output_relpath"]
 
-#: Output extension of each image format.
-EXTENSIONS = {OutputFormat.JPEG: ".jpg", OutputFormat.PNG: ".png", OutputFormat.WEBP: ".webp"}
+#: Extensions that already name each output format; the first is the one given to other inputs.
+EXTENSIONS = {
+    OutputFormat.JPEG: (".jpg", ".jpeg", ".jpe", ".jfif"),
+    OutputFormat.PNG: (".png",),
+    OutputFormat.WEBP: (".webp",),
+}
 
 
-def output_relpath(relpath: str, ext: str, index: int | None = None) -> str:
-    """The output name of an input: its relative path with ``ext`` (and ``~index`` when two collide).
+def output_relpath(relpath: str, fmt: OutputFormat) -> str:
+    """The output name of an input: its relative path when that already has an extension of ``fmt``,
+    else the path with the format's extension added. A pure function of the path, so names never depend on
+    what else is listed, and two inputs never share an output.
 
     Examples
     --------
-    >>> output_relpath("cats/a b.JPG", ".jpg"), output_relpath("a.png", ".jpg", 7)
-    ('cats/a b.jpg', 'a~7.jpg')
+    >>> output_relpath("cats/a b.JPG", OutputFormat.JPEG), output_relpath("cats/a.png", OutputFormat.JPEG)
+    ('cats/a b.JPG', 'cats/a.png.jpg')
     """
-    stem = posixpath.splitext(relpath)[0]
-    return f"{stem}~{index}{ext}" if index is not None else f"{stem}{ext}"
+    exts = EXTENSIONS[fmt]
+    return relpath if posixpath.splitext(relpath)[1].lower() in exts else relpath + exts[0]
 
 
 class ImageFileSink(Sink):
@@ -46,53 +52,35 @@ class ImageFileSink(Sink):
     format = OutputFormat.JPEG  # set per subclass
     positional = False
 
-    def __init__(self, dest: str, config, storage_options: dict[str, Any] | None = None):
-        super().__init__(dest, config, storage_options)
-        self.renamed: dict[int, str] = {}
-
     def _create(self, items: pd.DataFrame) -> None:
-        ext = EXTENSIONS[self.config.format]
-        names = [output_relpath(r, ext).lower() for r in items["relpath"]]
-        seen: set[str] = set()
-        for index, relpath, name in zip(items["index"], items["relpath"], names):
-            if name in seen:  # e.g. a.png and a.jpg both -> a.jpg: the later one gets its index
-                self.renamed[int(index)] = output_relpath(relpath, ext, int(index))
-            seen.add(name)
+        """Nothing to make ahead: folders appear with their files."""
 
-    def _target(self, key: str, index: int, relpath: str, ext: str | None = None) -> str:
-        ext = ext or EXTENSIONS[self.config.format]
-        name = posixpath.splitext(self.renamed[index])[0] + ext if index in self.renamed else output_relpath(relpath, ext)
-        path = posixpath.normpath(self.path(key, name))
-        if not path.startswith(self.path(key) + "/"):  # sources never list such a path; never write it
+    def _target(self, key: str, relpath: str, fmt: OutputFormat | None = None) -> str:
+        target = posixpath.normpath(posixpath.join(key, output_relpath(relpath, fmt or self.config.format)))
+        if not target.startswith(key + "/"):  # sources never list such a path; never write it
             raise DestinationError(f"input {relpath!r} would be written outside DEST")
-        return path
+        return target
 
-    def _encode(self, arr: np.ndarray) -> bytes:
+    def encode(self, image: np.ndarray, original: bytes | None = None) -> bytes:
+        """The output file: the source file itself when it is already these pixels in this format."""
+        if original is not None:
+            return original
         buf = io.BytesIO()
         fmt = self.config.format.pillow_format
         params: dict[str, Any] = {"quality": self.config.quality} if fmt in ("JPEG", "WEBP") else {}
-        Image.fromarray(arr).save(buf, fmt, **params)
+        Image.fromarray(image).save(buf, fmt, **params)
         return buf.getvalue()
 
     def _write(self, chunk: Chunk) -> None:
         for key in self.config.size_keys:
-            for i, (index, relpath) in enumerate(zip(chunk.rows["index"], chunk.rows["relpath"])):
-                arr = chunk.images[key][i]
-                if arr is None:
-                    continue
-                data = chunk.data[i] if chunk.unchanged[key][i] else None
-                path = self._target(key, int(index), relpath)
-                self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-                self.fs.pipe_file(path, data if data is not None else self._encode(arr))
-                if self.config.masks and chunk.masks[key][i] is not None:  # lossless, in a sibling tree
-                    mask_path = self._target(f"{key}-masks", int(index), relpath, ".png")
-                    self.fs.makedirs(posixpath.dirname(mask_path), exist_ok=True)
+            for i, relpath in enumerate(chunk.rows["relpath"]):
+                if chunk.images[key][i] is not None:
+                    self.put(self._target(key, relpath), chunk.images[key][i])
+                mask = chunk.masks[key][i] if self.config.masks else None
+                if mask is not None:  # lossless, in a sibling tree
                     buf = io.BytesIO()
-                    Image.fromarray(chunk.masks[key][i]).save(buf, "PNG")
-                    self.fs.pipe_file(mask_path, buf.getvalue())
-
-    def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
-        self.put("imgtools.json", json.dumps(attrs, sort_keys=True, indent=1).encode())
+                    Image.fromarray(mask).save(buf, "PNG")
+                    self.put(self._target(f"{key}-masks", relpath, OutputFormat.PNG), buf.getvalue())
 
 
 class JpegSink(ImageFileSink):

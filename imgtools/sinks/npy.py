@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import io
-import json
 import posixpath
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,9 +13,7 @@ import pandas as pd
 from ..config import OutputFormat
 from .base import Chunk, Sink
 
-__all__ = ["NpySink", "ATTRS_FILE"]
-
-ATTRS_FILE = "imgtools.json"
+__all__ = ["NpySink", "npy_bytes"]
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -31,19 +27,27 @@ class NpySink(Sink):
 
     format = OutputFormat.NPY
 
+    @staticmethod
+    def part(key: str, index: int, masks: bool = False) -> str:
+        """The relative path of chunk ``index`` of size ``key``."""
+        return posixpath.join(key, f"{'masks-' if masks else ''}part-{index:05d}.npy")
+
+    def read_part(self, key: str, index: int) -> np.ndarray:
+        with self.fs.open(self.path(self.part(key, index)), "rb") as f:
+            return np.load(f, allow_pickle=False)
+
+    def write_part(self, key: str, index: int, arr: np.ndarray, masks: bool = False) -> None:
+        self.put(self.part(key, index, masks), npy_bytes(arr))
+
     def _create(self, items: pd.DataFrame) -> None:
-        for key in self.config.size_keys:
-            self.fs.makedirs(self.path(key), exist_ok=True)
+        """Nothing to make ahead: folders appear with their files."""
 
     def _write(self, chunk: Chunk) -> None:
         for size, key in zip(self.config.sizes, self.config.size_keys):
-            part = posixpath.join(key, f"part-{chunk.index:05d}.npy")
-            self.put(part, npy_bytes(chunk.stacked(key, size.height, size.width)))
+            self.write_part(key, chunk.index, chunk.stacked(key, size.height, size.width))
             if self.config.masks:
-                masks = posixpath.join(key, f"masks-part-{chunk.index:05d}.npy")
-                self.put(masks, npy_bytes(chunk.stacked(key, size.height, size.width, masks=True)))
+                self.write_part(key, chunk.index, chunk.stacked(key, size.height, size.width, masks=True), masks=True)
 
-    def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
+    def _finalize(self, manifest: pd.DataFrame) -> None:
         self.put("ok.npy", npy_bytes((manifest["status"] == "ok").to_numpy()))
         self.put("labels.npy", npy_bytes(manifest["label_id"].to_numpy(np.int32)))
-        self.put(ATTRS_FILE, json.dumps(attrs, sort_keys=True, indent=1).encode())

@@ -32,20 +32,23 @@ class ZarrSink(Sink):
 
     def _create(self, items: pd.DataFrame) -> None:
         group = zarr.open_group(self._store(), mode="a", zarr_format=3)
-        if "ok" in group:  # made by the earlier run of this job
+        if "labels" in group:  # made by the earlier run of this job (labels come last)
             return
         n = len(items)
         c = self.config.chunk
         for size, key in zip(self.config.sizes, self.config.size_keys):
-            group.create_array(f"{key}/images", shape=(n, size.height, size.width, 3), dtype="uint8",
-                               chunks=(c, size.height, size.width, 3), fill_value=0, overwrite=True,
-                               dimension_names=("image", "y", "x", "channel"))
+            self.create_images(group, key, n, size)
             if self.config.masks:
-                group.create_array(f"{key}/masks", shape=(n, size.height, size.width), dtype="uint8",
-                                   chunks=(c, size.height, size.width), fill_value=0, overwrite=True,
-                                   dimension_names=("image", "y", "x"))
+                self.create_images(group, key, n, size, masks=True)
         group.create_array("ok", shape=(n,), dtype="bool", chunks=(c,), fill_value=False, overwrite=True)
         group.create_array("labels", shape=(n,), dtype="int32", chunks=(c,), fill_value=-1, overwrite=True)
+
+    def create_images(self, group, key: str, n: int, size, masks: bool = False):
+        """The empty ``<key>/images`` (n, H, W, 3) or ``<key>/masks`` (n, H, W) array, chunked by images."""
+        shape = (n, size.height, size.width) + (() if masks else (3,))
+        return group.create_array(f"{key}/{'masks' if masks else 'images'}", shape=shape, dtype="uint8",
+                                  chunks=(self.config.chunk,) + shape[1:], fill_value=0, overwrite=True,
+                                  dimension_names=("image", "y", "x") + (() if masks else ("channel",)))
 
     def _write(self, chunk: Chunk) -> None:
         group = self.group("r+")
@@ -57,5 +60,11 @@ class ZarrSink(Sink):
         group["ok"][chunk.start : stop] = chunk.ok
         group["labels"][chunk.start : stop] = chunk.labels
 
-    def _finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
+    def read_attrs(self) -> dict[str, Any] | None:
+        try:
+            return dict(self.group("r").attrs)
+        except Exception:  # not a zarr group (yet)
+            return None
+
+    def write_attrs(self, attrs: dict[str, Any]) -> None:
         self.group("r+").attrs.update(attrs)

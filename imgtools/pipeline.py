@@ -151,9 +151,12 @@ def presize(
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
         if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
             raise RuntimeError(f"internal error: {len(manifest)} manifest rows for {len(items)} inputs")
-        sink.finalize(manifest, {"imgtools": {"version": __version__, "config": config.to_dict(), "n": len(items),
-                                              "label_names": list(listing.label_names), "source": listing.source,
-                                              "sizes": config.size_keys}})
+        info = {"version": __version__, "config": config.to_dict(), "n": len(items),
+                "label_names": list(listing.label_names), "source": listing.source, "sizes": config.size_keys}
+        derived = ((sink.read_attrs() or {}).get("imgtools") or {}).get("derived") if done.size else None
+        if derived:  # sizes that `imgtools derive` added to this output stay listed
+            info.update(derived=derived, sizes=config.size_keys + [k for k in derived if k not in config.size_keys])
+        sink.finalize(manifest, {"imgtools": info})
     failed = manifest[manifest["status"] != "ok"][["index", "origin", "error"]].reset_index(drop=True)
     processed = sum(len(p) - (0 if r is None else len(r)) for _, p, r in todo)
     return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed), failed=len(failed),

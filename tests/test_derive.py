@@ -83,3 +83,11 @@ def test_resample_block_keeps_flat_images_flat_and_hits_the_target_shape():
     block = np.full((3, 50, 70, 3), 77.0, np.float32)
     out = resample_block(block, 20, 28)
     assert out.shape == (3, 20, 28, 3) and (out == 77).all()
+
+
+def test_rerunning_presize_keeps_the_derived_sizes_listed(labelled_dir, tmp_path):
+    dest = tmp_path / "o"
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[32], workers=0, progress=False)
+    derive(str(dest), "32x32", [16], workers=0)
+    imgtools.presize(str(labelled_dir), str(dest), sizes=[32], workers=0, progress=False)
+    assert zarr.open_group(str(dest), mode="r").attrs["imgtools"]["sizes"] == ["32x32", "16x16"]

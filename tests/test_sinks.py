@@ -253,3 +253,20 @@ def test_lock_of_another_host_expires_after_its_heartbeat_stops(labelled_dir, tm
         imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
     lock.write_text(json.dumps({"run": "x", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}))
     imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+
+
+def test_a_second_real_run_on_the_same_dest_is_refused_while_the_first_runs(slow_source, tmp_path):
+    dest = tmp_path / "o"
+    first = _run_cli(["presize", slow_source, dest, "--size", "32", "--size", "224", "--chunk", "8", "--workers", "0",
+                      "--quiet"])
+    markers = dest / ".imgtools" / "chunks"
+    deadline = time.monotonic() + 60
+    while (not markers.is_dir() or not any(markers.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert first.poll() is None, "the first run should still be going"
+    cfg = PresizeConfig.build(sizes=[32, 224], chunk=8)
+    with pytest.raises(DestinationError, match=f"being written by another run \\(pid {first.pid} "):
+        imgtools.presize(str(slow_source), str(dest), config=cfg, workers=0, progress=False)
+    assert first.wait(timeout=300) == 0
+    assert not (dest / ".imgtools" / "lock.json").exists()
+    assert imgtools.presize(str(slow_source), str(dest), config=cfg, workers=0, progress=False).processed == 0

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from ._version import __version__
-from .config import DEFAULT_MAX_PIXELS, LabelSource, OutputFormat, PresizeConfig, Resample, ResizeMode
+from .config import DEFAULT_MAX_PIXELS, Compression, LabelSource, OutputFormat, PresizeConfig, Resample, ResizeMode
 from .errors import ImgtoolsError
 
 __all__ = ["main", "build_parser"]
@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="crop", choices=_choices(ResizeMode))
     p.add_argument("--format", default="zarr", choices=_choices(OutputFormat))
     p.add_argument("--labels", default="folder", choices=_choices(LabelSource))
-    p.add_argument("--chunk", type=int, default=256, help="images per chunk and per task (default 256)")
-    p.add_argument("--resample", default="lanczos", choices=_choices(Resample))
+    p.add_argument("--chunk", type=int, help="images per chunk and per task (default: 16-256, about 16 MiB a chunk)")
+    p.add_argument("--resample", default="bicubic", choices=_choices(Resample))
+    p.add_argument("--compression", default="lz4", choices=_choices(Compression), help="zarr chunk codec (default lz4)")
     p.add_argument("--background", default="white", help="colour under transparent pixels (default white)")
     p.add_argument("--pad-color", default="black", help="colour of the padding in --mode pad (default black)")
     p.add_argument("--only-if-bigger", action="store_true", help="never enlarge an image")
@@ -91,7 +92,7 @@ def _presize(args: argparse.Namespace) -> int:
 
     config = PresizeConfig.build(
         sizes=args.size or [64], mode=args.mode, format=args.format, labels=args.labels, chunk=args.chunk,
-        resample=args.resample, background=args.background, pad_color=args.pad_color,
+        resample=args.resample, compression=args.compression, background=args.background, pad_color=args.pad_color,
         only_if_bigger=args.only_if_bigger, max_pixels=args.max_pixels, quality=args.quality,
         formats=[f for f in args.formats.split(",") if f.strip()] if args.formats else None,
     )

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from .errors import ConfigError
 
-__all__ = ["get_client", "client_for_run", "dashboard_link"]
+__all__ = ["get_client", "client_for_run", "current_client", "dashboard_link"]
 
 
 def dashboard_link(client) -> str | None:
@@ -46,6 +46,16 @@ def get_client(scheduler: str | None = None, workers: int | None = None):
     return Client(cluster)
 
 
+def current_client():
+    """The client this process already uses (``distributed.default_client``), or None."""
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:  # no client yet
+        return None
+
+
 @contextlib.contextmanager
 def client_for_run(client=None, scheduler: str | None = None, workers: int | None = None) -> Iterator:
     """Use ``client`` if given, else the current default client, else one made by :func:`get_client`
@@ -53,16 +63,10 @@ def client_for_run(client=None, scheduler: str | None = None, workers: int | Non
     if client is not None:
         yield client
         return
-    if scheduler is None and workers is None:
-        from distributed import default_client
-
-        try:
-            current = default_client()
-        except ValueError:  # no client yet
-            current = None
-        if current is not None:
-            yield current
-            return
+    current = current_client() if scheduler is None and workers is None else None
+    if current is not None:
+        yield current
+        return
     made = get_client(scheduler, workers)
     try:
         yield made

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,10 +21,12 @@ __all__ = [
     "OutputFormat",
     "LabelSource",
     "Resample",
+    "Compression",
     "Size",
     "PresizeConfig",
     "parse_size",
     "parse_color",
+    "auto_chunk",
     "DEFAULT_FORMATS",
     "DEFAULT_MAX_PIXELS",
 ]
@@ -100,8 +103,16 @@ class LabelSource(_Choice):
 class Resample(_Choice):
     """The antialiased resampling filter used for downscaling."""
 
+    BICUBIC = "bicubic"  #: the default: passes the quality floor at 60% of LANCZOS' cost
     LANCZOS = "lanczos"
-    BICUBIC = "bicubic"
+
+
+class Compression(_Choice):
+    """The codec of zarr chunks (natural photos barely compress: speed matters more than ratio)."""
+
+    LZ4 = "lz4"  #: Blosc LZ4, the default: about 4x faster to write than zstd for 2-12% more bytes
+    ZSTD = "zstd"
+    NONE = "none"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -183,6 +194,19 @@ def parse_color(value: str | Sequence[int]) -> tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
+def auto_chunk(sizes: Iterable[Size], target_bytes: int = 16 << 20) -> int:
+    """Images per chunk so that a chunk of the largest size holds about ``target_bytes`` (16 MiB):
+    a power of two between 16 and 256.
+
+    Examples
+    --------
+    >>> auto_chunk([Size(64, 64)]), auto_chunk([Size(224, 224)]), auto_chunk([Size(1024, 1024)])
+    (256, 64, 16)
+    """
+    largest = max(s.width * s.height * 3 for s in sizes)
+    return int(min(256, max(16, 2 ** math.floor(math.log2(max(target_bytes // largest, 1))))))
+
+
 @dataclasses.dataclass(frozen=True)
 class PresizeConfig:
     """Everything that decides the output of a presize run; equal configs give identical outputs.
@@ -201,7 +225,8 @@ class PresizeConfig:
     format: OutputFormat = OutputFormat.ZARR
     labels: LabelSource = LabelSource.FOLDER
     chunk: int = 256
-    resample: Resample = Resample.LANCZOS
+    resample: Resample = Resample.BICUBIC
+    compression: Compression = Compression.LZ4
     background: tuple[int, int, int] = (255, 255, 255)
     pad_color: tuple[int, int, int] = (0, 0, 0)
     only_if_bigger: bool = False
@@ -239,8 +264,9 @@ class PresizeConfig:
         mode: str | ResizeMode = ResizeMode.CROP,
         format: str | OutputFormat = OutputFormat.ZARR,
         labels: str | LabelSource = LabelSource.FOLDER,
-        chunk: int = 256,
-        resample: str | Resample = Resample.LANCZOS,
+        chunk: int | None = None,
+        resample: str | Resample = Resample.BICUBIC,
+        compression: str | Compression = Compression.LZ4,
         background: str | Sequence[int] = (255, 255, 255),
         pad_color: str | Sequence[int] = (0, 0, 0),
         only_if_bigger: bool = False,
@@ -253,13 +279,15 @@ class PresizeConfig:
         if isinstance(sizes, (int, str, Size)):
             sizes = [sizes]
         fmts = DEFAULT_FORMATS if formats is None else tuple(dict.fromkeys(f.upper() for f in formats))
+        parsed = tuple(parse_size(s) for s in sizes)
         return cls(
-            sizes=tuple(parse_size(s) for s in sizes),
+            sizes=parsed,
             mode=ResizeMode.parse(mode),  # type: ignore[arg-type]
             format=OutputFormat.parse(format),  # type: ignore[arg-type]
             labels=LabelSource.parse(labels),  # type: ignore[arg-type]
-            chunk=int(chunk),
+            chunk=int(chunk) if chunk is not None else auto_chunk(parsed) if parsed else 256,
             resample=Resample.parse(resample),  # type: ignore[arg-type]
+            compression=Compression.parse(compression),  # type: ignore[arg-type]
             background=parse_color(background),
             pad_color=parse_color(pad_color),
             only_if_bigger=bool(only_if_bigger),

@@ -53,16 +53,21 @@ _MODES: dict[str, tuple[str | None, kernels.ChannelLayout]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Decoded:
-    """One decoded image: ``pixels`` (H x W x 3 uint8, upright, possibly reduced by JPEG draft decoding),
+    """One decoded image: ``image`` (a Pillow RGB image, upright, possibly reduced by JPEG draft decoding),
     the original ``width`` x ``height`` after EXIF orientation, its Pillow ``mode`` and ``format``, and
     the EXIF ``orientation`` that was applied (1: none)."""
 
-    pixels: np.ndarray
+    image: Image.Image
     width: int
     height: int
     mode: str
     format: str
     orientation: int = 1
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The image as an H x W x 3 uint8 array."""
+        return np.asarray(self.image)
 
 
 def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
@@ -93,34 +98,26 @@ def _orientation(img: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-# EXIF orientation -> the array operation that makes the picture upright (as ImageOps.exif_transpose).
-_UPRIGHT = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
-    8: lambda a: np.rot90(a, 1),
-}
+# EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
-def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation to an H x W x C array."""
-    if orientation in _UPRIGHT:
-        return np.ascontiguousarray(_UPRIGHT[orientation](arr))
-    return arr
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    return img.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else img
 
 
-def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any mode to an RGB image: Pillow's own conversions where they are exact, the kernels elsewhere."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         raw = np.asarray(img)
         if mode == "I":
             raw = np.clip(raw, 0, 65535)
-        return kernels.to_rgb(kernels.u16_to_u8(raw), kernels.ChannelLayout.GRAY)
+        return Image.fromarray(kernels.to_rgb(kernels.u16_to_u8(raw), kernels.ChannelLayout.GRAY))
     if mode == "F":
-        return kernels.to_rgb(kernels.float_to_u8(np.asarray(img)), kernels.ChannelLayout.GRAY)
+        return Image.fromarray(kernels.to_rgb(kernels.float_to_u8(np.asarray(img)), kernels.ChannelLayout.GRAY))
     if "transparency" in img.info and mode in ("P", "L", "RGB", "1"):
         convert, layout = "RGBA", kernels.ChannelLayout.RGBA
     elif mode == "P" and img.palette is not None and img.palette.mode == "RGBA":
@@ -132,8 +129,8 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
     if convert is not None:
         img = img.convert(convert)
     if layout is kernels.ChannelLayout.RGB:
-        return np.asarray(img)  # already a fresh H x W x 3 array
-    return kernels.to_rgb(np.asarray(img), layout, background)
+        return img  # no copy: the decoded image is used as it is
+    return Image.fromarray(kernels.to_rgb(np.asarray(img), layout, background))
 
 
 def decode(
@@ -200,8 +197,8 @@ def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
     if dw * dh > config.max_pixels:
         raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {config.max_pixels}")
     img.load()
-    pixels = _orient(_to_rgb(img, config.background), orientation)
-    return Decoded(pixels=pixels, width=width, height=height, mode=mode, format=fmt, orientation=orientation)
+    image = _upright(_to_rgb(img, config.background), orientation)
+    return Decoded(image=image, width=width, height=height, mode=mode, format=fmt, orientation=orientation)
 
 
 def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
@@ -225,7 +222,7 @@ def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
             orientation = _orientation(img)
             if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
                 raise DecodeError(f"mask has mode {img.mode!r}; a mask has one channel of class indices")
-            arr = np.asarray(img.convert("L") if img.mode == "1" else img)
+            arr = np.asarray(_upright(img.convert("L") if img.mode == "1" else img, orientation))
         except DecodeError:
             raise
         except Exception as exc:
@@ -234,4 +231,4 @@ def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise DecodeError(f"mask has class indices up to {int(arr.max())}; at most 255 are kept")
         arr = arr.astype(np.uint8)
-    return np.ascontiguousarray(_orient(arr[:, :, None], orientation)[:, :, 0])
+    return arr

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ._version import __version__
-from .cluster import client_for_run, dashboard_link
+from .cluster import client_for_run, current_client, dashboard_link
 from .config import PresizeConfig, Size
 from .errors import ConfigError
 from .engine import manifest_frame, previous_values, process_chunk, process_one
@@ -98,7 +98,8 @@ def presize(
         else pass ``config=PresizeConfig.build(...)`` (then leave these out).
     client : distributed.Client, optional
         Run on this client. Otherwise ``scheduler`` (an address), the current default client, or a new
-        local cluster of ``workers`` processes (one per core by default), closed at the end.
+        local cluster of ``workers`` processes (one per core by default), closed at the end; a job of one
+        chunk runs in this process then, as starting a cluster would take longer than the work.
         ``workers=0`` runs everything in this process, without Dask (debugging, tiny jobs).
     storage_options : dict, optional
         fsspec options for ``source`` and ``dest`` (credentials, endpoints).
@@ -141,7 +142,10 @@ def presize(
         parts, todo = _plan_chunks(items, config.chunk, done, sink.positional)
         bar = _progress(len(items), progress)
         bar.update(sum(len(rows) for rows in parts.values()))
-        if todo and workers == 0 and client is None and scheduler is None:
+        pending = sum(len(part) for _, part, _ in todo)
+        auto = client is None and scheduler is None and workers is None and current_client() is None
+        if todo and ((workers == 0 and client is None and scheduler is None) or (auto and pending <= config.chunk)):
+            # in this process: asked for, or one chunk of work, which takes less than starting a cluster
             for i, part, reuse in todo:
                 parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
                 bar.update(len(part))

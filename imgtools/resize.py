@@ -119,8 +119,9 @@ def resize(image: Image.Image, size: Size, config: PresizeConfig, original: tupl
     return canvas
 
 
-def resize_all(pixels: np.ndarray, config: PresizeConfig, original: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Every size of ``config`` from one decoded RGB array, keyed by size name (``64x64``, ``short160``).
+def resize_all(pixels: np.ndarray | Image.Image, config: PresizeConfig, original: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Every size of ``config`` from one decoded RGB image (Pillow or H x W x 3 array), keyed by size name
+    (``64x64``, ``short160``).
 
     Examples
     --------
@@ -128,7 +129,7 @@ def resize_all(pixels: np.ndarray, config: PresizeConfig, original: tuple[int, i
     >>> {k: v.shape for k, v in out.items()}
     {'8x8': (8, 8, 3), '16x16': (16, 16, 3)}
     """
-    image = Image.fromarray(pixels)
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
     return {s.key(config.mode): resize(image, s, config, original) for s in config.sizes}
 
 

@@ -9,10 +9,17 @@ import pandas as pd
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from ..config import OutputFormat
+from ..config import Compression, OutputFormat
 from .base import Chunk, Sink
 
 __all__ = ["ZarrSink"]
+
+
+_CODECS = {
+    Compression.LZ4: lambda: [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")],
+    Compression.ZSTD: lambda: [zarr.codecs.ZstdCodec(level=3)],
+    Compression.NONE: lambda: None,
+}
 
 
 class ZarrSink(Sink):
@@ -48,6 +55,7 @@ class ZarrSink(Sink):
         shape = (n, size.height, size.width) + (() if masks else (3,))
         return group.create_array(f"{key}/{'masks' if masks else 'images'}", shape=shape, dtype="uint8",
                                   chunks=(self.config.chunk,) + shape[1:], fill_value=0, overwrite=True,
+                                  compressors=_CODECS[self.config.compression](),
                                   dimension_names=("image", "y", "x") + (() if masks else ("channel",)))
 
     def _write(self, chunk: Chunk) -> None:

@@ -1,0 +1,181 @@
+"""Presize throughput against the baselines, in one run, on the same files.
+
+    python -m benchmarks.presize --data ../shared/datasets/imagenet-sample [--workers 2] [--png out.png]
+
+For each geometry (64x64 squash to zarr, 224x224 crop to zarr, shortest side 160 to JPEG files) it times
+1. the naive single-process PIL loop (the common recipe: open, convert RGB, resize),
+2. the same loop on a multiprocessing.Pool of --workers processes,
+3. decoding alone at the DCT scale that keeps twice the target, on the same Pool (the limit),
+4. imgtools presize end to end (manifest included) on a LocalCluster of --workers processes.
+Each is run on N and 4N images (the file list repeated); steady-state images/s = 3N / (t4N - tN), so
+start-up (imports, cluster, Numba) is reported apart. imgtools' PSNR against a full-resolution LANCZOS
+reference (after EXIF transpose) is given beside its timing. Prints a table; writes a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+GEOMETRIES = [("64x64 squash -> zarr", "squash", 64, "zarr"), ("224x224 crop -> zarr", "crop", 224, "zarr"),
+              ("shortest 160 -> jpeg", "shortest", 160, "jpeg")]
+
+
+def _target(img: Image.Image, mode: str, side: int) -> tuple[int, int]:
+    w, h = img.size
+    if mode == "shortest":
+        s = side / min(w, h)
+        return max(1, round(w * s)), max(1, round(h * s))
+    return side, side
+
+
+def naive(path: str, mode: str, side: int) -> np.ndarray:
+    """The common recipe."""
+    img = Image.open(path).convert("RGB")
+    if mode == "crop":
+        return np.asarray(ImageOps.fit(img, (side, side)))
+    return np.asarray(img.resize(_target(img, mode, side)))
+
+
+def decode_limit(path: str, mode: str, side: int) -> tuple[int, int]:
+    """Decode only, at the DCT scale that keeps at least twice the target: nothing else."""
+    img = Image.open(path)
+    w, h = img.size
+    if mode == "squash":
+        need = (2 * side, 2 * side)
+    else:  # the shortest side decides for crop and shortest
+        s = 2 * side / min(w, h)
+        need = (round(w * s), round(h * s))
+    img.draft("RGB", need)
+    img.load()
+    return img.size
+
+
+def _loop(func, files, mode, side):
+    for f in files:
+        func(f, mode, side)
+
+
+def _pool_run(pool, func, files, mode, side):
+    pool.starmap(func, [(f, mode, side) for f in files], chunksize=16)
+
+
+def _steady(run, files: list[str]) -> tuple[float, float]:
+    """(start-up seconds, steady images/s) from runs on N and 4N files."""
+    t0 = time.perf_counter()
+    run(files)
+    t1 = time.perf_counter()
+    run(files * 4)
+    t2 = time.perf_counter()
+    rate = 3 * len(files) / max((t2 - t1) - (t1 - t0), 1e-9)
+    return max(0.0, (t1 - t0) - len(files) / rate), rate
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse < 1e-10 else float(10 * np.log10(255.0**2 / mse))
+
+
+def quality(dest: pathlib.Path, files: list[str], side: int) -> tuple[float, float, float]:
+    import zarr
+
+    arr = zarr.open_group(str(dest), mode="r")[f"{side}x{side}/images"]
+    scores = []
+    for i, f in enumerate(files):
+        ref = ImageOps.exif_transpose(Image.open(f)).convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+        scores.append(_psnr(arr[i], np.asarray(ref)))
+    s = np.array(scores)
+    return float(np.median(s)), float(np.percentile(s, 1)), float(s.min())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="presize throughput against baselines")
+    parser.add_argument("--data", default="../shared/datasets/imagenet-sample")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--n", type=int, default=0, help="images per run (default: all)")
+    parser.add_argument("--png", default="benchmarks/presize.png")
+    args = parser.parse_args()
+
+    import imgtools
+    from imgtools.cluster import get_client
+    from imgtools.config import PresizeConfig
+
+    files = sorted(str(p.resolve()) for p in pathlib.Path(args.data).iterdir())
+    files = files[: args.n] if args.n else files
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="imgtools-bench-"))
+    t = time.perf_counter()
+    client = get_client(workers=args.workers)
+    client.wait_for_workers(args.workers)
+    cluster_start = time.perf_counter() - t
+    rows = []
+    runs = itertools.count()
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        pool.starmap(decode_limit, [(files[0], "squash", 64)] * args.workers)  # warm the pool
+        for name, mode, side, fmt in GEOMETRIES:
+            result = {"geometry": name}
+            _, result["naive 1 proc"] = _steady(lambda fs: _loop(naive, fs, mode, side), files)
+            _, result[f"naive Pool({args.workers})"] = _steady(lambda fs: _pool_run(pool, naive, fs, mode, side), files)
+            _, result["decode limit"] = _steady(lambda fs: _pool_run(pool, decode_limit, fs, mode, side), files)
+            cfg = PresizeConfig.build(sizes=[side], mode=mode, format=fmt)
+            first = next(runs)
+            runs_here = itertools.chain([first], runs)
+
+            def run_imgtools(fs, cfg=cfg, runs_here=runs_here):
+                manifest = tmp / f"list-{next(runs_here)}.csv"
+                pd.DataFrame({"path": fs}).to_csv(manifest, index=False)
+                report = imgtools.presize(str(manifest), str(tmp / manifest.stem), config=cfg, client=client,
+                                          progress=False)
+                assert report.failed == 0, report.failures.head()
+
+            result["imgtools start-up s"], result["imgtools"] = _steady(run_imgtools, files)
+            result["x naive"] = result["imgtools"] / result["naive 1 proc"]
+            result["x limit"] = result["imgtools"] / result["decode limit"]
+            if mode == "squash":
+                result["median dB"], result["p1 dB"], result["min dB"] = quality(tmp / f"list-{first}", files, side)
+            rows.append(result)
+    client.close()
+    small = tmp / "small"
+    small.mkdir()
+    for f in files[:10]:
+        os.symlink(f, small / pathlib.Path(f).name)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(small), str(tmp / "small.zarr"),
+                           "--workers", str(args.workers), "--quiet"], capture_output=True, text=True)
+    cli_start = time.perf_counter() - t
+    table = pd.DataFrame(rows).set_index("geometry")
+    pd.set_option("display.width", 200)
+    print(f"{len(files)} images from {args.data}; {args.workers} workers; images/s in steady state (runs of N and 4N)")
+    print(table.round(2).to_string())
+    print(f"\nstart-up: local cluster {cluster_start:.1f} s; `imgtools presize` on 10 images {cli_start:.1f} s "
+          f"(exit {proc.returncode}: {proc.stdout.strip()})")
+    _plot(table, args.png)
+    print(f"plot: {args.png}")
+
+
+def _plot(table: pd.DataFrame, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in table.columns if c.startswith(("naive", "decode", "imgtools")) and not c.endswith(" s")]
+    ax = table[cols].plot.bar(figsize=(9, 4.5), rot=0)
+    ax.set_ylabel("images / s (steady state)")
+    ax.set_title("presize throughput, same files, same run")
+    plt.tight_layout()
+    plt.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -144,6 +144,7 @@ def main() -> None:
             if mode == "squash":
                 result["median dB"], result["p1 dB"], result["min dB"] = quality(tmp / f"list-{first}", files, side)
             rows.append(result)
+    payoff = _payoff(files, tmp, client)
     client.close()
     small = tmp / "small"
     small.mkdir()
@@ -151,7 +152,7 @@ def main() -> None:
         os.symlink(f, small / pathlib.Path(f).name)
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(small), str(tmp / "small.zarr"),
-                           "--workers", str(args.workers), "--quiet"], capture_output=True, text=True)
+                           "--quiet"], capture_output=True, text=True)
     cli_start = time.perf_counter() - t
     table = pd.DataFrame(rows).set_index("geometry")
     pd.set_option("display.width", 200)
@@ -159,8 +160,52 @@ def main() -> None:
     print(table.round(2).to_string())
     print(f"\nstart-up: local cluster {cluster_start:.1f} s; `imgtools presize` on 10 images {cli_start:.1f} s "
           f"(exit {proc.returncode}: {proc.stdout.strip()})")
+    print("\npayoff, 100 random 160x160 training images (median of 5 draws):")
+    for name, seconds in payoff.items():
+        print(f"  {name:44s} {seconds * 1000:8.1f} ms  ({payoff['decode + resize the originals'] / seconds:6.1f}x)")
     _plot(table, args.png)
     print(f"plot: {args.png}")
+
+
+def _payoff(files: list[str], tmp: pathlib.Path, client) -> dict[str, float]:
+    """The presizing recipe's measurement: random training images from a store vs from the originals."""
+    import imgtools
+    import zarr
+    from imgtools.config import PresizeConfig
+
+    manifest = tmp / "payoff.csv"
+    pd.DataFrame({"path": files}).to_csv(manifest, index=False)
+    for fmt in ("zarr", "npy"):
+        imgtools.presize(str(manifest), str(tmp / f"payoff-{fmt}"), config=PresizeConfig.build(sizes=[160], format=fmt),
+                         client=client, progress=False)
+    arr = zarr.open_group(str(tmp / "payoff-zarr"), mode="r")["160x160/images"]
+    parts = [np.load(p, mmap_mode="r") for p in sorted((tmp / "payoff-npy" / "160x160").glob("part-*.npy"))]
+    mm = np.concatenate(parts) if len(parts) == 1 else None
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    rng = np.random.default_rng(0)
+
+    def originals(idx):
+        return np.stack([np.asarray(ImageOps.fit(Image.open(files[i]).convert("RGB"), (160, 160))) for i in idx])
+
+    def from_zarr(idx):
+        return arr.get_orthogonal_selection((np.sort(idx),))
+
+    def from_npy(idx):
+        if mm is not None:
+            return mm[np.sort(idx)]
+        return np.stack([parts[k][i - starts[k]] for i in np.sort(idx) for k in [np.searchsorted(starts, i, "right") - 1]])
+
+    out = {}
+    for name, load in (("decode + resize the originals", originals), ("zarr store (lz4 chunks)", from_zarr),
+                       ("npy parts, memory-mapped", from_npy)):
+        times = []
+        for _ in range(5):
+            idx = rng.choice(len(files), 100, replace=False)
+            t = time.perf_counter()
+            assert load(idx).shape == (100, 160, 160, 3)
+            times.append(time.perf_counter() - t)
+        out[name] = float(np.median(times))
+    return out
 
 
 def _plot(table: pd.DataFrame, path: str) -> None:

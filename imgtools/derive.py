@@ -2,7 +2,8 @@
 
 A Gaussian anti-alias prefilter (``dask_image.ndfilters``, sigma = 0.25 / scale per axis, as in the
 presizing recipe), then linear resampling of each chunk; the new arrays are added to the same store and
-listed in its attributes. Works on zarr and npy outputs.
+listed in its attributes. Label masks, when the output has them, are resampled nearest-neighbour. Works on
+zarr and npy outputs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .config import PresizeConfig, Size, parse_size
 from .errors import ConfigError, SourceError
 from .sinks import MANIFEST, NpySink, ZarrSink, make_sink
 
-__all__ = ["derive", "DeriveReport", "resample_block"]
+__all__ = ["derive", "DeriveReport", "resample_block", "nearest_block"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,19 @@ def resample_block(block: np.ndarray, height: int, width: int) -> np.ndarray:
     zoom = (1.0, height / block.shape[1], width / block.shape[2], 1.0)
     out = ndimage.zoom(block, zoom, order=1, grid_mode=True, mode="nearest", prefilter=False)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def nearest_block(block: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resampling of an (n, H, W) label block to (n, height, width), pixel centres aligned.
+
+    Examples
+    --------
+    >>> nearest_block(np.arange(16, dtype=np.uint8).reshape(1, 4, 4), 2, 2).tolist()
+    [[[5, 7], [13, 15]]]
+    """
+    rows = np.minimum(((np.arange(height) + 0.5) * block.shape[1] / height).astype(int), block.shape[1] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * block.shape[2] / width).astype(int), block.shape[2] - 1)
+    return block[:, rows][:, :, cols]
 
 
 def _check(source: Size, target: Size, key: str) -> None:
@@ -103,6 +117,11 @@ def derive(
         out = smooth.map_blocks(resample_block, t.height, t.width, dtype=np.uint8,
                                 chunks=(images.chunks[0], (t.height,), (t.width,), (3,)))
         writes.append(_store(sink, key, t, out))
+        if config.masks:  # labels stay labels: nearest neighbour, no prefilter
+            masks = _load(sink, source_size, src, info["n"], masks=True)
+            small = masks.map_blocks(nearest_block, t.height, t.width, dtype=np.uint8,
+                                     chunks=(masks.chunks[0], (t.height,), (t.width,)))
+            writes.append(_store(sink, key, t, small, masks=True))
     if workers == 0 and client is None and scheduler is None:
         dask.compute(writes, scheduler="synchronous")
     else:
@@ -125,17 +144,18 @@ def _open(dest: str, storage_options) -> tuple[dict[str, Any], ZarrSink | NpySin
     raise SourceError(f"DEST {dest!r} is not a complete zarr or npy output of imgtools presize")
 
 
-def _load(sink, key: str, size: Size, n: int) -> da.Array:
+def _load(sink, key: str, size: Size, n: int, masks: bool = False) -> da.Array:
     if isinstance(sink, ZarrSink):
-        return da.from_zarr(sink.group("r")[f"{key}/images"])
+        return da.from_zarr(sink.group("r")[f"{key}/{'masks' if masks else 'images'}"])
     chunk = sink.config.chunk
-    parts = [da.from_delayed(dask.delayed(sink.read_part)(key, i), (min(chunk, n - start), size.height, size.width, 3),
-                             dtype=np.uint8) for i, start in enumerate(range(0, n, chunk))]
+    tail = (size.height, size.width) + (() if masks else (3,))
+    parts = [da.from_delayed(dask.delayed(sink.read_part)(key, i, masks), (min(chunk, n - start),) + tail, dtype=np.uint8)
+             for i, start in enumerate(range(0, n, chunk))]
     return da.concatenate(parts)
 
 
-def _store(sink, key: str, size: Size, out: da.Array):
+def _store(sink, key: str, size: Size, out: da.Array, masks: bool = False):
     if isinstance(sink, ZarrSink):
-        target = sink.create_images(sink.group("r+"), key, out.shape[0], size)
+        target = sink.create_images(sink.group("r+"), key, out.shape[0], size, masks=masks)
         return da.store(out, target, lock=False, compute=False)
-    return [dask.delayed(sink.write_part)(key, i, block) for i, block in enumerate(out.to_delayed().ravel())]
+    return [dask.delayed(sink.write_part)(key, i, block, masks) for i, block in enumerate(out.to_delayed().ravel())]

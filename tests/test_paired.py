@@ -115,3 +115,18 @@ def test_masks_on_another_filesystem_are_read_from_it(scenes, tmp_path):
                               masks="memory://imgtools-masks", workers=0, progress=False)
     assert (report.total, report.failed) == (N, 0)
     mem.rm("/imgtools-masks", recursive=True)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_derived_sizes_bring_their_masks_along(scenes, tmp_path, fmt):
+    from imgtools.derive import derive
+
+    dest = tmp_path / "o"
+    cfg = PresizeConfig.build(sizes=[96], mode="crop", format=fmt, chunk=8)
+    imgtools.presize(str(scenes / "images"), str(dest), config=cfg, masks=str(scenes / "masks"), workers=0,
+                     progress=False)
+    derive(str(dest), "96x96", [48], workers=0)
+    m = pd.read_parquet(dest / "manifest.parquet")
+    for img, mask in zip(read_back(dest, fmt, "48x48"), _masks(dest, fmt, "48x48", m["relpath"])):
+        red = (img[..., 0] > 150) & (img[..., 1] < 100)
+        assert (red & (mask == 1)).sum() / max((red | (mask == 1)).sum(), 1) > 0.75

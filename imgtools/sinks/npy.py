@@ -32,8 +32,8 @@ class NpySink(Sink):
         """The relative path of chunk ``index`` of size ``key``."""
         return posixpath.join(key, f"{'masks-' if masks else ''}part-{index:05d}.npy")
 
-    def read_part(self, key: str, index: int) -> np.ndarray:
-        with self.fs.open(self.path(self.part(key, index)), "rb") as f:
+    def read_part(self, key: str, index: int, masks: bool = False) -> np.ndarray:
+        with self.fs.open(self.path(self.part(key, index, masks)), "rb") as f:
             return np.load(f, allow_pickle=False)
 
     def write_part(self, key: str, index: int, arr: np.ndarray, masks: bool = False) -> None:

@@ -13,10 +13,13 @@ from ._version import __version__
 from .config import PresizeConfig, ResizeMode, OutputFormat, Size  # noqa: E402
 from .errors import ConfigError, DecodeError, DestinationError, ImgtoolsError, SourceError, UnsupportedError  # noqa: E402
 from .pipeline import PresizeReport, presize  # noqa: E402
+from .readers import Dataset, open  # noqa: E402,A004
 
 __all__ = [
     "__version__",
     "presize",
+    "open",
+    "Dataset",
     "PresizeReport",
     "PresizeConfig",
     "ResizeMode",

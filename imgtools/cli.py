@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ._version import __version__
 from .config import DEFAULT_MAX_PIXELS, Compression, LabelSource, OutputFormat, PresizeConfig, Resample, ResizeMode
-from .errors import ImgtoolsError
+from .errors import ConfigError, ImgtoolsError
 
 __all__ = ["main", "build_parser"]
 
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--workers", type=int, metavar="N", help="local worker processes (0: in this process)")
     d.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
+    v = sub.add_parser("show", help="a contact sheet of a presized output, with labels and the failed inputs")
+    v.add_argument("dest", help="an imgtools output")
+    v.add_argument("--size", help="which size (default: the largest)")
+    v.add_argument("--n", type=int, default=64, help="images on the sheet (default 64)")
+    v.add_argument("--out", default="sheet.png", help="PNG to write (default sheet.png)")
+    v.add_argument("--seed", type=int, default=0)
+
     s = sub.add_parser("sample", help="write the sample dataset (labelled folders of mixed images, a few broken)")
     s.add_argument("dest", nargs="?", default=DEFAULT_SAMPLE, help=f"folder to write (default {DEFAULT_SAMPLE})")
     s.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
@@ -118,6 +125,17 @@ def _derive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace) -> int:
+    from .readers import open as open_dataset
+
+    if args.n < 1:
+        raise ConfigError(f"n {args.n!r} must be at least 1")
+    ds = open_dataset(args.dest)
+    sheet = ds.show(size=args.size, n=args.n, seed=args.seed, out=args.out)
+    print(f"{ds!r}\ncontact sheet {sheet.width}x{sheet.height}: {args.out}")
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from .sample import make_sample
 
@@ -126,7 +144,7 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"presize": _presize, "derive": _derive, "sample": _sample}
+_COMMANDS = {"presize": _presize, "derive": _derive, "show": _show, "sample": _sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from . import kernels
 from .config import PresizeConfig
 from .errors import DecodeError
 
-__all__ = ["Decoded", "decode", "decode_mask", "ORIENTATION_SWAPS"]
+__all__ = ["Decoded", "decode", "decode_mask", "decode_native", "ORIENTATION_SWAPS"]
 
 _ORIENTATION_TAG = 0x0112
 #: EXIF orientations that swap width and height.
@@ -232,3 +232,43 @@ def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
             raise DecodeError(f"mask has class indices up to {int(arr.max())}; at most 255 are kept")
         arr = arr.astype(np.uint8)
     return arr
+
+
+#: Pillow modes decoded to one channel, as Spark's image source does for grey images (alpha dropped).
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def decode_native(data: bytes, config: PresizeConfig) -> np.ndarray:
+    """Decode to the channels the file has, Spark-style: (H, W, 1) for grey, (H, W, 4) RGBA when there is
+    transparency, else (H, W, 3) RGB; uint8, upright, full size.
+
+    Examples
+    --------
+    >>> from PIL import Image; import io
+    >>> buf = io.BytesIO(); Image.new("LA", (4, 3)).save(buf, "PNG")
+    >>> decode_native(buf.getvalue(), PresizeConfig()).shape
+    (3, 4, 1)
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img = _open(data, config.formats)
+            w, h = img.size
+            if w * h > config.max_pixels:
+                raise DecodeError(f"{w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}")
+            orientation = _orientation(img)
+            img.load()
+            if img.mode in _GRAY_MODES:
+                gray = img.convert("L") if img.mode in ("1", "LA", "La") else img
+                out = gray if gray.mode == "L" else _to_rgb(gray, config.background).getchannel(0)
+            elif img.mode in ("RGBA", "RGBa", "PA") or "transparency" in img.info or (
+                    img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA"):
+                out = img.convert("RGBA")
+            else:
+                out = _to_rgb(img, config.background)
+            arr = np.asarray(_upright(out, orientation))
+            return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"{type(exc).__name__}: {exc}") from None

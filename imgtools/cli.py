@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="sheet.png", help="PNG to write (default sheet.png)")
     v.add_argument("--seed", type=int, default=0)
 
+    i = sub.add_parser("inspect", help="what is in a dataset: formats, modes, sizes, broken files, duplicates")
+    i.add_argument("source", help="folder or URL of images, or a .csv/.parquet manifest")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.add_argument("--hist", metavar="PNG", help="write a histogram of image sizes")
+    where = i.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
+    where.add_argument("--workers", type=int, metavar="N", help="local worker processes (0: in this process)")
+    i.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
     s = sub.add_parser("sample", help="write the sample dataset (labelled folders of mixed images, a few broken)")
     s.add_argument("dest", nargs="?", default=DEFAULT_SAMPLE, help=f"folder to write (default {DEFAULT_SAMPLE})")
     s.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
@@ -136,6 +145,17 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect
+
+    report = inspect(args.source, scheduler=args.scheduler, workers=args.workers,
+                     storage_options=dict(args.storage_option))
+    print(report.to_json() if args.json else report)
+    if args.hist:
+        report.histogram(args.hist)
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from .sample import make_sample
 
@@ -144,7 +164,7 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"presize": _presize, "derive": _derive, "show": _show, "sample": _sample}
+_COMMANDS = {"presize": _presize, "derive": _derive, "show": _show, "inspect": _inspect, "sample": _sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

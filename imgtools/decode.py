@@ -10,11 +10,12 @@ whose message is the reason recorded in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -168,17 +169,33 @@ def decode(
     >>> d.pixels.shape, d.mode
     ((3, 4, 3), 'L')
     """
+    with _reasons():
+        return _decode(data, config, request)
+
+
+@contextlib.contextmanager
+def _reasons(prefix: str = "") -> Iterator[None]:
+    """Pillow's warnings about odd files silenced; any failure raised as a DecodeError with the reason."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow warns about odd files; a failure is reported as a reason
+        warnings.simplefilter("ignore")
         try:
-            return _decode(data, config, request)
+            yield
         except DecodeError:
             raise
         except MemoryError:
-            raise DecodeError("out of memory while decoding") from None
+            raise DecodeError(f"{prefix}out of memory while decoding") from None
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise DecodeError(f"{type(exc).__name__}: {text}" if text else type(exc).__name__) from None
+            raise DecodeError(prefix + (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)) from None
+
+
+def _open_guarded(data: bytes, config: PresizeConfig, what: str = "") -> tuple[Image.Image, int]:
+    """Open at full size under the pixel guard: (image, EXIF orientation)."""
+    img = _open(data, config.formats)
+    w, h = img.size
+    if w * h > config.max_pixels:
+        raise DecodeError(f"{what}{w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}")
+    return img, _orientation(img)
 
 
 def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
@@ -212,21 +229,11 @@ def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
     >>> decode_mask(buf.getvalue(), PresizeConfig()).shape
     (3, 4)
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            img = _open(data, config.formats)
-            w, h = img.size
-            if w * h > config.max_pixels:
-                raise DecodeError(f"mask {w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}")
-            orientation = _orientation(img)
-            if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise DecodeError(f"mask has mode {img.mode!r}; a mask has one channel of class indices")
-            arr = np.asarray(_upright(img.convert("L") if img.mode == "1" else img, orientation))
-        except DecodeError:
-            raise
-        except Exception as exc:
-            raise DecodeError(f"mask: {type(exc).__name__}: {exc}") from None
+    with _reasons("mask: "):
+        img, orientation = _open_guarded(data, config, "mask ")
+        if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+            raise DecodeError(f"mask has mode {img.mode!r}; a mask has one channel of class indices")
+        arr = np.asarray(_upright(img.convert("L") if img.mode == "1" else img, orientation))
     if arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise DecodeError(f"mask has class indices up to {int(arr.max())}; at most 255 are kept")
@@ -249,26 +256,16 @@ def decode_native(data: bytes, config: PresizeConfig) -> np.ndarray:
     >>> decode_native(buf.getvalue(), PresizeConfig()).shape
     (3, 4, 1)
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            img = _open(data, config.formats)
-            w, h = img.size
-            if w * h > config.max_pixels:
-                raise DecodeError(f"{w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}")
-            orientation = _orientation(img)
-            img.load()
-            if img.mode in _GRAY_MODES:
-                gray = img.convert("L") if img.mode in ("1", "LA", "La") else img
-                out = gray if gray.mode == "L" else _to_rgb(gray, config.background).getchannel(0)
-            elif img.mode in ("RGBA", "RGBa", "PA") or "transparency" in img.info or (
-                    img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA"):
-                out = img.convert("RGBA")
-            else:
-                out = _to_rgb(img, config.background)
-            arr = np.asarray(_upright(out, orientation))
-            return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
-        except DecodeError:
-            raise
-        except Exception as exc:
-            raise DecodeError(f"{type(exc).__name__}: {exc}") from None
+    with _reasons():
+        img, orientation = _open_guarded(data, config)
+        img.load()
+        if img.mode in _GRAY_MODES:
+            gray = img.convert("L") if img.mode in ("1", "LA", "La") else img
+            out = gray if gray.mode == "L" else _to_rgb(gray, config.background).getchannel(0)
+        elif img.mode in ("RGBA", "RGBa", "PA") or "transparency" in img.info or (
+                img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA"):
+            out = img.convert("RGBA")
+        else:
+            out = _to_rgb(img, config.background)
+        arr = np.asarray(_upright(out, orientation))
+        return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ._version import __version__
-from .cluster import client_for_run, current_client, dashboard_link
+from .cluster import client_for_run, current_client, dashboard_link, get_client
 from .config import PresizeConfig, Size
 from .errors import ConfigError
 from .engine import manifest_frame, previous_values, process_chunk, process_one
@@ -129,6 +130,18 @@ def presize(
         raise TypeError("give either config= or sizes/mode/format, not both")
     if workers is not None and workers < 0:
         raise ConfigError(f"workers {workers!r} must be 0 (in this process) or more")
+    owned = None
+    if client is None and workers != 0 and (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        client = owned = get_client(scheduler)  # a named scheduler is reached before DEST is touched
+    try:
+        return _presize(source, dest, config, client, scheduler, workers, storage_options, masks, overwrite, progress)
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+def _presize(source, dest, config, client, scheduler, workers, storage_options, masks, overwrite,
+             progress) -> PresizeReport:
     started = time.perf_counter()
     listing = list_source(source, config.labels, storage_options, masks=masks)
     items = listing.items
@@ -230,7 +243,7 @@ def _run_on_dask(todo, config, storage_options, sink, bar, client, scheduler, wo
         task_of = {f.key: task for f, task in zip(futures, todo)}
         out: dict[int, pd.DataFrame] = {}
         try:
-            for future in as_completed(futures):
+            for future in as_completed(futures, loop=dask_client.loop):
                 try:
                     pairs = future.result()
                 except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest

@@ -167,3 +167,48 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1 (each in its own process group,
+    so a test can kill one); yields (scheduler address, dashboard port, worker processes)."""
+    import subprocess
+    import sys
+    import time
+
+    dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
+    port, dash = free_port(), free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", f"127.0.0.1:{dash}"], stdout=log, stderr=log,
+                              start_new_session=True)]
+    time.sleep(1.0)
+    workers = [subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                 "--host", "127.0.0.1", "--no-dashboard"], stdout=log, stderr=log,
+                                start_new_session=True) for _ in range(2)]
+    procs += workers
+    try:
+        yield address, dash, workers
+    finally:
+        import signal
+
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

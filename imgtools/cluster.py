@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import urllib.parse
 from collections.abc import Iterator
 
 from .errors import ConfigError
@@ -12,19 +14,37 @@ __all__ = ["get_client", "client_for_run", "current_client", "dashboard_link"]
 
 
 def dashboard_link(client) -> str | None:
-    """The dashboard URL of ``client``; behind a Jupyter proxy (Binder, JupyterHub) the proxied one.
+    """The dashboard URL of ``client`` as the user's browser can reach it: behind a JupyterHub or Binder
+    proxy (``JUPYTERHUB_SERVICE_PREFIX``, jupyter-server-proxy) ``<prefix>/proxy/<port>/status``; in Colab
+    the kernel's proxied URL; elsewhere the scheduler's own link.
 
-    Set ``DASK_DISTRIBUTED__DASHBOARD__LINK`` (Binder's ``start`` does) to change the template.
+    Examples
+    --------
+    >>> dashboard_link(client)       # doctest: +SKIP
+    '/user/ada/proxy/8787/status'
     """
     try:
-        return client.dashboard_link
+        link = client.dashboard_link
     except Exception:  # a scheduler without the dashboard (bokeh missing)
         return None
+    port = urllib.parse.urlparse(link).port
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+    if prefix and port:
+        return f"{prefix.rstrip('/')}/proxy/{port}/status"
+    if "google.colab" in sys.modules and port:  # Colab serves kernel ports through its own proxy
+        try:
+            from google.colab.output import eval_js  # type: ignore[import-not-found]
+
+            return eval_js(f"google.colab.kernel.proxyPort({port})").rstrip("/") + "/status"
+        except Exception:
+            return link
+    return link
 
 
-def get_client(scheduler: str | None = None, workers: int | None = None):
+def get_client(scheduler: str | None = None, workers: int | None = None, show: bool = False):
     """A Dask client: connect to ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), or start a local cluster
-    with ``workers`` single-threaded worker processes (default: one per core).
+    with ``workers`` single-threaded worker processes (default: one per core). ``show`` prints the
+    dashboard link (see :func:`dashboard_link`): the one call a notebook needs.
 
     Examples
     --------
@@ -36,14 +56,19 @@ def get_client(scheduler: str | None = None, workers: int | None = None):
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         try:
-            return Client(address, timeout="20s")
+            client = Client(address, timeout="20s")
         except OSError as exc:
             raise ConfigError(f"scheduler {address!r} cannot be reached: {exc}") from None
+        if show:
+            print(f"dashboard: {dashboard_link(client)}")
+        return client
     n = workers if workers is not None else (os.cpu_count() or 1)
     if n < 1:
         raise ConfigError(f"workers {n!r} must be at least 1")
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787")
-    return Client(cluster)
+    client = Client(LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787"))
+    if show:
+        print(f"dashboard: {dashboard_link(client)}")
+    return client
 
 
 def current_client():

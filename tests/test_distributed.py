@@ -66,3 +66,23 @@ def test_unreachable_scheduler_exits_2_naming_it(labelled_dir, tmp_path, cli_env
     proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(labelled_dir), str(tmp_path / "o"),
                            "--scheduler", address], capture_output=True, text=True, env=cli_env, timeout=120)
     assert proc.returncode == 2 and address in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_dashboard_link_goes_through_the_jupyterhub_proxy(dask_client, monkeypatch, capsys):
+    from imgtools.cluster import dashboard_link
+
+    port = dask_client.scheduler_info()["services"]["dashboard"]
+    assert dashboard_link(dask_client).endswith(f":{port}/status")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    assert dashboard_link(dask_client) == f"/user/ada/proxy/{port}/status"
+
+
+def test_get_client_prints_the_dashboard_link(dask_processes, capsys):
+    from imgtools.cluster import get_client
+
+    address, dash, _ = dask_processes
+    client = get_client(address, show=True)
+    try:
+        assert f"dashboard: http://127.0.0.1:{dash}/status" in capsys.readouterr().out
+    finally:
+        client.close()

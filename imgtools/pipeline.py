@@ -240,6 +240,11 @@ def _run_on_dask(todo, config, storage_options, sink, bar, client, scheduler, wo
             lambda task: (task[0], process_chunk(task[1], task[0], config, sink, storage_options, task[2]))
         )
         futures = dask_client.compute(bag.to_delayed(), retries=2)
+        if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
+            from distributed import progress as dask_progress
+
+            with contextlib.suppress(Exception):  # ipywidgets missing: the text bar below still reports
+                dask_progress(futures, notebook=True, multi=False)
         task_of = {f.key: task for f, task in zip(futures, todo)}
         out: dict[int, pd.DataFrame] = {}
         try:
@@ -254,6 +259,10 @@ def _run_on_dask(todo, config, storage_options, sink, bar, client, scheduler, wo
         finally:
             dask_client.cancel(futures)
         return out
+
+
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules and "IPython" in sys.modules
 
 
 def _probe(row: pd.Series, config: PresizeConfig, sink, storage_options) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import urllib.parse
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from collections.abc import Iterator
 from .errors import ConfigError
 
 __all__ = ["get_client", "client_for_run", "current_client", "dashboard_link"]
+
+
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::1"})
 
 
 def dashboard_link(client) -> str | None:
@@ -27,7 +31,8 @@ def dashboard_link(client) -> str | None:
         link = client.dashboard_link
     except Exception:  # a scheduler without the dashboard (bokeh missing)
         return None
-    port = urllib.parse.urlparse(link).port
+    parsed = urllib.parse.urlparse(link)
+    port = parsed.port if parsed.hostname in _LOCAL_HOSTS | {socket.gethostname()} else None  # remote: as it is
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
     if prefix and port:
         return f"{prefix.rstrip('/')}/proxy/{port}/status"
@@ -57,7 +62,7 @@ def get_client(scheduler: str | None = None, workers: int | None = None, show: b
     if address:
         try:
             client = Client(address, timeout="20s")
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
             raise ConfigError(f"scheduler {address!r} cannot be reached: {exc}") from None
         if show:
             print(f"dashboard: {dashboard_link(client)}")

@@ -64,6 +64,8 @@ class Decoded:
     mode: str
     format: str
     orientation: int = 1
+    #: the file carried transparency that was composited over the background
+    transparent: bool = False
 
     @property
     def pixels(self) -> np.ndarray:
@@ -215,7 +217,8 @@ def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
         raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {config.max_pixels}")
     img.load()
     image = _upright(_to_rgb(img, config.background), orientation)
-    return Decoded(image=image, width=width, height=height, mode=mode, format=fmt, orientation=orientation)
+    return Decoded(image=image, width=width, height=height, mode=mode, format=fmt, orientation=orientation,
+                   transparent="transparency" in img.info)
 
 
 def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:

@@ -140,7 +140,8 @@ def _open(dest: str, storage_options) -> tuple[dict[str, Any], ZarrSink | NpySin
         attrs = sink.read_attrs()
         if attrs and "imgtools" in attrs and sink.fs.exists(sink.path(MANIFEST)):
             config = PresizeConfig.from_dict(attrs["imgtools"]["config"])
-            return attrs, make_sink(dest, config, storage_options)  # type: ignore[return-value]
+            if config.format.is_array:
+                return attrs, make_sink(dest, config, storage_options)  # type: ignore[return-value]
     raise SourceError(f"DEST {dest!r} is not a complete zarr or npy output of imgtools presize")
 
 

@@ -49,6 +49,7 @@ class ImageResult:
 
 def _unchanged(decoded, config: PresizeConfig) -> frozenset[str]:
     if (decoded.format != config.format.pillow_format or decoded.orientation != 1 or decoded.mode != "RGB"
+            or decoded.transparent
             or decoded.image.size != (decoded.width, decoded.height)):
         return frozenset()
     return frozenset(s.key(config.mode) for s in config.sizes

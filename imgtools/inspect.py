@@ -55,8 +55,8 @@ class InspectReport:
 
     @property
     def duplicates(self) -> list[list[str]]:
-        """Groups of relative paths with identical bytes."""
-        hashed = self.files[self.files["sha256"].notna()]
+        """Groups of relative paths of decodable images with identical bytes."""
+        hashed = self.files[self.files["sha256"].notna() & self.files["error"].isna()]
         return [list(g["relpath"]) for _, g in hashed.groupby("sha256", sort=True) if len(g) > 1]
 
     def summary(self) -> dict[str, Any]:
@@ -93,7 +93,8 @@ class InspectReport:
         """A PNG histogram of the images' longest sides (log-spaced bins)."""
         ok = self.files[self.files["error"].isna()]
         sides = np.maximum(ok["width"], ok["height"]).to_numpy()
-        edges = np.geomspace(max(1, sides.min(initial=1)), max(2, sides.max(initial=2)), 25)
+        low = int(sides.min()) if len(sides) else 1
+        edges = np.geomspace(max(1, low), max(low + 1, int(sides.max()) if len(sides) else 2), 25)
         counts, _ = np.histogram(sides, edges)
         img = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(img)

@@ -130,9 +130,12 @@ def presize(
         raise TypeError("give either config= or sizes/mode/format, not both")
     if workers is not None and workers < 0:
         raise ConfigError(f"workers {workers!r} must be 0 (in this process) or more")
+    if scheduler is not None and workers is not None:
+        raise ConfigError(f"give a scheduler ({scheduler!r}) or workers ({workers!r}), not both")
     owned = None
-    if client is None and workers != 0 and (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
-        client = owned = get_client(scheduler)  # a named scheduler is reached before DEST is touched
+    named = scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS") if workers is None and current_client() is None else None)
+    if client is None and named:
+        client = owned = get_client(named)  # a named scheduler is reached before DEST is touched
     try:
         return _presize(source, dest, config, client, scheduler, workers, storage_options, masks, overwrite, progress)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +54,7 @@ class Dataset:
             self.manifest: pd.DataFrame = pd.read_parquet(f)
         self.labels: np.ndarray = self.manifest["label_id"].to_numpy(np.int32)
         self.ok: np.ndarray = (self.manifest["status"] == "ok").to_numpy()
+        self._last_part: tuple[Any, Any] = (None, None)
 
     def __repr__(self) -> str:
         return (f"<imgtools.Dataset {self.dest}: {len(self)} images ({int(self.ok.sum())} ok), "
@@ -86,7 +88,7 @@ class Dataset:
             return self.sink.group("r")[f"{size}/images"][start:stop]
         if isinstance(self.sink, NpySink):
             chunk = self.config.chunk
-            parts = [self.sink.read_part(size, k) for k in range(start // chunk, (stop - 1) // chunk + 1)]
+            parts = [self._part(size, k) for k in range(start // chunk, (stop - 1) // chunk + 1)]
             base = (start // chunk) * chunk
             return np.concatenate(parts)[start - base : stop - base]
         out = []
@@ -97,6 +99,12 @@ class Dataset:
             with self.sink.fs.open(self.sink.path(size, output_relpath(rel, self.config.format)), "rb") as f:
                 out.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
         return out
+
+    def _part(self, size: str, k: int) -> np.ndarray:
+        """One npy part, the last one kept: map-style reads in order load each part once."""
+        if self._last_part[0] != (size, k):
+            self._last_part = ((size, k), self.sink.read_part(size, k))  # type: ignore[union-attr]
+        return self._last_part[1]
 
     def images(self, size: str | None = None):
         """All images of one fixed size as a lazy dask array (N, H, W, 3), chunked as stored."""
@@ -162,8 +170,8 @@ class Dataset:
             for b in range(0, full, batch_size):
                 yield self._finish(x[b : b + batch_size], normalize, layout), self.labels[i[b : b + batch_size]]
             pending_x, pending_i = [x[full:]], [i[full:]]
-        x, i = np.concatenate(pending_x), np.concatenate(pending_i)
-        if len(i):
+        if pending_i and sum(len(p) for p in pending_i):
+            x, i = np.concatenate(pending_x), np.concatenate(pending_i)
             yield self._finish(x, normalize, layout), self.labels[i]
 
     @staticmethod
@@ -181,7 +189,7 @@ class Dataset:
         --------
         >>> imgtools.open("out/sample.zarr").show(n=32, out="sheet.png")   # doctest: +SKIP
         """
-        size = self._size(size or max(self.sizes, key=lambda k: len(k) if self.config.mode.variable
+        size = self._size(size or max(self.sizes, key=lambda k: int(re.sub(r"\D", "", k)) if self.config.mode.variable
                                        else parse_size(k).width * parse_size(k).height))
         ok = np.flatnonzero(self.ok)
         pick = np.sort(np.random.default_rng(seed).choice(ok, min(n, len(ok)), replace=False)) if len(ok) else ok
@@ -268,7 +276,9 @@ def from_array(arr: np.ndarray, origin: str = "") -> dict[str, Any]:
 
 
 def _partition_columns(relpath: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in relpath.split("/")[:-1] if "=" in part)
+    """``key=value`` folder names (a key that is a schema column is left out)."""
+    pairs = (part.split("=", 1) for part in relpath.split("/")[:-1] if "=" in part)
+    return {k: v for k, v in pairs if k not in IMAGE_SCHEMA}
 
 
 def _image_rows(items: pd.DataFrame, config: PresizeConfig, channel_order: str, drop_invalid: bool,

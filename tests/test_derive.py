@@ -91,3 +91,10 @@ def test_rerunning_presize_keeps_the_derived_sizes_listed(labelled_dir, tmp_path
     derive(str(dest), "32x32", [16], workers=0)
     imgtools.presize(str(labelled_dir), str(dest), sizes=[32], workers=0, progress=False)
     assert zarr.open_group(str(dest), mode="r").attrs["imgtools"]["sizes"] == ["32x32", "16x16"]
+
+
+def test_derive_on_an_image_file_output_exits_2(labelled_dir, tmp_path, cli_env):
+    imgtools.presize(str(labelled_dir), str(tmp_path / "o"), sizes=[32], format="png", workers=0, progress=False)
+    proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "derive", str(tmp_path / "o"), "--from", "32x32",
+                           "--size", "16", "--workers", "0"], capture_output=True, text=True, env=cli_env)
+    assert proc.returncode == 2 and "not a complete zarr or npy output" in proc.stderr, proc.stderr

@@ -86,3 +86,19 @@ def test_get_client_prints_the_dashboard_link(dask_processes, capsys):
         assert f"dashboard: http://127.0.0.1:{dash}/status" in capsys.readouterr().out
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("args,message", [(["--scheduler", "foo://nowhere"], "foo://nowhere"),
+                                          (["--scheduler", "tcp://127.0.0.1:notaport"], "notaport")])
+def test_malformed_scheduler_address_exits_2_naming_it(labelled_dir, tmp_path, cli_env, args, message):
+    proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(labelled_dir), str(tmp_path / "o"),
+                           *args], capture_output=True, text=True, env=cli_env, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_scheduler_and_workers_together_are_refused(labelled_dir, tmp_path):
+    from imgtools.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not both"):
+        imgtools.presize(str(labelled_dir), str(tmp_path / "o"), scheduler="tcp://127.0.0.1:1", workers=0)
+    assert not (tmp_path / "o").exists()

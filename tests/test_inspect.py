@@ -9,7 +9,7 @@ import sys
 from PIL import Image
 
 import imgtools
-from conftest import hostile_files
+from conftest import encode, hostile_files
 
 
 def test_inspect_counts_formats_modes_failures_and_duplicates_on_a_cluster(hostile_dir, dask_client):
@@ -38,3 +38,13 @@ def test_inspect_cli_json_and_histogram(labelled_dir, tmp_path):
     assert set(data["formats"]) == {"JPEG", "PNG", "WEBP"} and data["modes"] == {"RGB": 80}
     with Image.open(hist) as img:
         assert img.format == "PNG" and img.size == (640, 320)
+
+
+def test_empty_and_broken_files_are_failures_not_duplicates(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "empty1.png").write_bytes(b"")
+    (tmp_path / "a" / "empty2.png").write_bytes(b"")
+    (tmp_path / "a" / "ok.png").write_bytes(encode(Image.new("RGB", (300, 20)), "PNG"))
+    report = imgtools.inspect(str(tmp_path), workers=0)
+    assert report.duplicates == [] and len(report.failed) == 2
+    assert report.histogram().size == (640, 320)

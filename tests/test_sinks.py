@@ -270,3 +270,12 @@ def test_a_second_real_run_on_the_same_dest_is_refused_while_the_first_runs(slow
     assert first.wait(timeout=300) == 0
     assert not (dest / ".imgtools" / "lock.json").exists()
     assert imgtools.presize(str(slow_source), str(dest), config=cfg, workers=0, progress=False).processed == 0
+
+
+def test_png_with_a_transparent_colour_is_reencoded_not_copied(tmp_path):
+    (tmp_path / "src").mkdir()
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    (tmp_path / "src" / "t.png").write_bytes(encode(Image.fromarray(rgb), "PNG", transparency=(0, 0, 0)))
+    cfg = PresizeConfig.build(sizes=[100], mode="longest", format="png", only_if_bigger=True)
+    imgtools.presize(str(tmp_path / "src"), str(tmp_path / "o"), config=cfg, workers=0, progress=False)
+    assert _load(tmp_path / "o" / "long100" / "t.png")[0, 0].tolist() == [255, 255, 255]  # over the background

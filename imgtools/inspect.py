@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 from typing import Any
 
@@ -17,6 +16,7 @@ from .cluster import client_for_run
 from .config import LabelSource, PresizeConfig
 from .decode import decode
 from .errors import DecodeError
+from .readers import save_png
 from .sources import list_source, read_bytes
 
 __all__ = ["inspect", "InspectReport", "inspect_files"]
@@ -106,12 +106,7 @@ class InspectReport:
         draw.text((left, bottom + 6), f"longest side, px: {edges[0]:.0f} ... {edges[-1]:.0f} (log bins)", fill="black")
         draw.text((4, 4), f"images: {len(sides)}, most in one bin: {counts.max(initial=0)}", fill="black")
         if out is not None:
-            from fsspec.core import url_to_fs
-
-            fs, path = url_to_fs(str(out))
-            buf = io.BytesIO()
-            img.save(buf, "PNG")
-            fs.pipe_file(path, buf.getvalue())
+            save_png(img, out)
         return img
 
 

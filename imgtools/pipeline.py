@@ -137,14 +137,14 @@ def presize(
     if client is None and named:
         client = owned = get_client(named)  # a named scheduler is reached before DEST is touched
     try:
-        return _presize(source, dest, config, client, scheduler, workers, storage_options, masks, overwrite, progress)
+        return _presize(source, dest, config, client, workers, storage_options, masks, overwrite, progress)
     finally:
         if owned is not None:
             owned.close()
 
 
-def _presize(source, dest, config, client, scheduler, workers, storage_options, masks, overwrite,
-             progress) -> PresizeReport:
+def _presize(source, dest, config, client, workers, storage_options, masks, overwrite, progress) -> PresizeReport:
+    """presize() once a named scheduler has become ``client``."""
     started = time.perf_counter()
     listing = list_source(source, config.labels, storage_options, masks=masks)
     items = listing.items
@@ -159,14 +159,14 @@ def _presize(source, dest, config, client, scheduler, workers, storage_options, 
         bar = _progress(len(items), progress)
         bar.update(sum(len(rows) for rows in parts.values()))
         pending = sum(len(part) for _, part, _ in todo)
-        auto = client is None and scheduler is None and workers is None and current_client() is None
-        if todo and ((workers == 0 and client is None and scheduler is None) or (auto and pending <= config.chunk)):
+        auto = client is None and workers is None and current_client() is None
+        if todo and ((workers == 0 and client is None) or (auto and pending <= config.chunk)):
             # in this process: asked for, or one chunk of work, which takes less than starting a cluster
             for i, part, reuse in todo:
                 parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
                 bar.update(len(part))
         elif todo:
-            parts.update(_run_on_dask(todo, config, storage_options, sink, bar, client, scheduler, workers, progress))
+            parts.update(_run_on_dask(todo, config, storage_options, sink, bar, client, workers, progress))
         bar.close()
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
         if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
@@ -229,11 +229,11 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional
     return parts, todo
 
 
-def _run_on_dask(todo, config, storage_options, sink, bar, client, scheduler, workers, progress) -> dict[int, pd.DataFrame]:
+def _run_on_dask(todo, config, storage_options, sink, bar, client, workers, progress) -> dict[int, pd.DataFrame]:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
 
-    with client_for_run(client, scheduler, workers) as dask_client:
+    with client_for_run(client, None, workers) as dask_client:
         if progress:
             link = dashboard_link(dask_client)
             if link:

@@ -20,7 +20,7 @@ from .errors import ConfigError, SourceError, UnsupportedError
 from .sinks import MANIFEST, NpySink, ZarrSink, make_sink
 from .sinks.files import output_relpath
 
-__all__ = ["Dataset", "open", "read_images", "to_array", "from_array", "IMAGE_SCHEMA", "OCV_TYPES"]
+__all__ = ["Dataset", "open", "save_png", "read_images", "to_array", "from_array", "IMAGE_SCHEMA", "OCV_TYPES"]
 
 _LAYOUTS = ("NHWC", "NCHW")
 
@@ -214,16 +214,26 @@ class Dataset:
             for k, (rel, err) in enumerate(zip(failed["relpath"][:39], failed["error"][:39])):
                 draw.text((x0, 16 + 12 * k), f"{rel[:28]}: {str(err)[:28]}", fill="black")
         if out is not None:
-            from fsspec.core import url_to_fs
-
-            fs, path = url_to_fs(str(out))
-            parent = posixpath.dirname(path)
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
-            buf = io.BytesIO()
-            sheet.save(buf, "PNG")
-            fs.pipe_file(path, buf.getvalue())
+            save_png(sheet, out)
         return sheet
+
+
+def save_png(image: Image.Image, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``image`` as a PNG to a path or URL, making its folder when missing.
+
+    Examples
+    --------
+    >>> save_png(Image.new("RGB", (4, 4)), "memory://imgtools-doc/sheet.png")
+    """
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(str(url), **dict(storage_options or {}))
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    fs.pipe_file(path, buf.getvalue())
 
 
 def open(dest: str, storage_options: dict[str, Any] | None = None) -> Dataset:  # noqa: A001 - the API name

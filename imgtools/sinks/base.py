@@ -253,9 +253,9 @@ class Sink(abc.ABC):
         self.put(posixpath.join(MARKER_DIR, f"{chunk.index:07d}.parquet"), _parquet_bytes(chunk.rows))
 
     # ---- per form ----------------------------------------------------------------------------------
-    @abc.abstractmethod
     def _create(self, items: pd.DataFrame) -> None:
-        """Get the output ready for the listed ``items`` (idempotent: a resumed run calls it again)."""
+        """Get the output ready for the listed ``items`` (idempotent: a resumed run calls it again); by
+        default nothing, as folders appear with their files."""
 
     @abc.abstractmethod
     def _write(self, chunk: Chunk) -> None:

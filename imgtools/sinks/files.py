@@ -15,7 +15,6 @@ import posixpath
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from ..config import OutputFormat
@@ -51,9 +50,6 @@ class ImageFileSink(Sink):
 
     format = OutputFormat.JPEG  # set per subclass
     positional = False
-
-    def _create(self, items: pd.DataFrame) -> None:
-        """Nothing to make ahead: folders appear with their files."""
 
     def _target(self, key: str, relpath: str, fmt: OutputFormat | None = None) -> str:
         target = posixpath.normpath(posixpath.join(key, output_relpath(relpath, fmt or self.config.format)))

@@ -39,9 +39,6 @@ class NpySink(Sink):
     def write_part(self, key: str, index: int, arr: np.ndarray, masks: bool = False) -> None:
         self.put(self.part(key, index, masks), npy_bytes(arr))
 
-    def _create(self, items: pd.DataFrame) -> None:
-        """Nothing to make ahead: folders appear with their files."""
-
     def _write(self, chunk: Chunk) -> None:
         for size, key in zip(self.config.sizes, self.config.size_keys):
             self.write_part(key, chunk.index, chunk.stacked(key, size.height, size.width))

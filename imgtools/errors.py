@@ -14,6 +14,7 @@ __all__ = [
     "DestinationError",
     "DecodeError",
     "UnsupportedError",
+    "StorageError",
 ]
 
 
@@ -39,3 +40,19 @@ class DecodeError(ImgtoolsError):
 
 class UnsupportedError(ImgtoolsError, NotImplementedError):
     """A valid request that this output form cannot serve (e.g. a variable size into a fixed array)."""
+
+
+
+class StorageError(ImgtoolsError, OSError):
+    """Reading or writing storage kept failing. ``transient`` errors (HTTP 429/5xx, dropped connections)
+    were retried with backoff first; Dask retries the task once more as a whole."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self):
+        return type(self), (str(self), self.transient)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -19,7 +19,8 @@ from .decode import decode, decode_mask
 from .errors import DecodeError
 from .resize import draft_request, is_identity, plan, resize_all, resize_mask, transform_points
 from .sinks.base import Chunk, Sink
-from .sources import PAIRED_COLUMNS, read_bytes
+from . import retry
+from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, read_bytes, spans_of
 
 __all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values",
            "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
@@ -192,7 +193,9 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     known = previous_values(reuse)
     todo = [i for i, rel in enumerate(items["relpath"]) if rel not in known]
     mask_of = {i: items["mask"].iloc[i] for i in todo if config.masks and isinstance(items["mask"].iloc[i], str)}
-    got = read_bytes(list(items["origin"].iloc[todo]) + list(mask_of.values()), storage_options) if todo else []
+    spans = spans_of(items.iloc[todo])
+    got = read_bytes(list(items["origin"].iloc[todo]) + list(mask_of.values()), storage_options,
+                     None if spans is None else spans + [None] * len(mask_of)) if todo else []
     fetched, mask_bytes = dict(zip(todo, got[: len(todo)])), dict(zip(mask_of, got[len(todo) :]))
     payloads: dict[str, list[Any]] = {k: [None] * n for k in keys}
     masks: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keys} if config.masks else {}
@@ -212,14 +215,15 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
         for c in names:
             columns[c][i] = values.get(c)
     rows = manifest_frame(items.assign(**columns))
-    sink.write(Chunk(index=chunk_index, start=int(items["index"].iloc[0]), rows=rows, images=payloads, masks=masks))
+    chunk = Chunk(index=chunk_index, start=int(items["index"].iloc[0]), rows=rows, images=payloads, masks=masks)
+    retry.call(lambda: sink.write(chunk), f"writing chunk {chunk_index} to {sink.url}")  # whole chunk objects: safe to redo
     return rows
 
 
 def manifest_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """Manifest columns in their order and dtypes; paired-target columns (``mask``, ``points``,
     ``points_<size>``, ...) follow as text."""
-    extra = [c for c in rows.columns if c not in MANIFEST_COLUMNS and c != "chunk"]
+    extra = [c for c in rows.columns if c not in MANIFEST_COLUMNS and c != "chunk" and c not in SPAN_COLUMNS]
     out = rows[MANIFEST_COLUMNS + extra].copy()
     for col in extra:
         out[col] = out[col].astype("string")

@@ -25,7 +25,8 @@ from .errors import ConfigError
 from .engine import manifest_frame, previous_values, process_chunk, process_one
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
-from .sources import PAIRED_COLUMNS, list_source, read_bytes
+from . import archives
+from .sources import PAIRED_COLUMNS, list_source, read_bytes, spans_of
 
 __all__ = ["presize", "PresizeReport"]
 
@@ -238,9 +239,10 @@ def _run_on_dask(todo, config, storage_options, sink, bar, client, workers, prog
             link = dashboard_link(dask_client)
             if link:
                 bar.write(f"dashboard: {link}", file=sys.stderr)
-        # one partition per chunk: no two tasks ever write the same chunk
-        bag = db.from_sequence(todo, npartitions=len(todo)).map(
-            lambda task: (task[0], process_chunk(task[1], task[0], config, sink, storage_options, task[2]))
+        # one partition per task of whole chunks: no two tasks ever write the same chunk
+        tasks = _tasks(todo)
+        bag = db.from_sequence(tasks, npartitions=len(tasks)).map(
+            lambda task: [(i, process_chunk(part, i, config, sink, storage_options, reuse)) for i, part, reuse in task]
         )
         futures = dask_client.compute(bag.to_delayed(), retries=2)
         if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
@@ -248,20 +250,37 @@ def _run_on_dask(todo, config, storage_options, sink, bar, client, workers, prog
 
             with contextlib.suppress(Exception):  # ipywidgets missing: the text bar below still reports
                 dask_progress(futures, notebook=True, multi=False)
-        task_of = {f.key: task for f, task in zip(futures, todo)}
+        task_of = {f.key: task for f, task in zip(futures, tasks)}
         out: dict[int, pd.DataFrame] = {}
         try:
             for future in as_completed(futures, loop=dask_client.loop):
                 try:
-                    pairs = future.result()
+                    pairs = [pair for group in future.result() for pair in group]
                 except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
-                    pairs = [_isolate(dask_client, task_of[future.key], config, storage_options, sink, bar)]
+                    pairs = [_isolate(dask_client, chunk, config, storage_options, sink, bar) for chunk in task_of[future.key]]
                 for index, rows in pairs:
                     out[index] = rows
                     bar.update(len(rows))
         finally:
             dask_client.cancel(futures)
         return out
+
+
+def _tasks(todo: list) -> list[list]:
+    """Chunks grouped into tasks: one chunk a task, except that a chunk that goes on reading the
+    compressed tar its predecessor ended in joins that task, so the archive is decompressed once, in
+    order, rather than from its start for every chunk."""
+    tasks: list[list] = []
+    last = None
+    for entry in todo:
+        origins = entry[1]["origin"]
+        first = archives.split_member(origins.iloc[0])[2] if archives.is_member(origins.iloc[0]) else None
+        if tasks and first is not None and first == last and archives.is_stream(first):
+            tasks[-1].append(entry)
+        else:
+            tasks.append([entry])
+        last = archives.split_member(origins.iloc[-1])[2] if archives.is_member(origins.iloc[-1]) else None
+    return tasks
 
 
 def _in_notebook() -> bool:
@@ -271,7 +290,9 @@ def _in_notebook() -> bool:
 def _probe(row: pd.Series, config: PresizeConfig, sink, storage_options) -> bool:
     """The whole per-image path for one input, keeping nothing: does it bring the worker down?"""
     mask = row.get("mask") if config.masks else None
-    raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options)
+    span = spans_of(row.to_frame().T)
+    raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options,
+                            None if span is None else span + [None] * isinstance(mask, str))
     coords = {c: row[c] for c in PAIRED_COLUMNS if c in row.index and isinstance(row[c], str)}
     return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == "ok"
 

@@ -1,5 +1,5 @@
-"""Sources stage: list the inputs (a folder or bucket prefix, or a CSV/Parquet manifest) in a stable
-order with their labels, and read their bytes.
+"""Sources stage: list the inputs (a folder or bucket prefix, a CSV/Parquet manifest, or archives) in a
+stable order with their labels, and read their bytes, concurrently and with retries.
 
 Every location is a URL plus ``storage_options``, resolved once here with fsspec; the rest of imgtools
 works with the resulting :class:`Listing` and never asks which backend it is on.
@@ -15,10 +15,12 @@ from typing import Any
 import pandas as pd
 from fsspec.core import url_to_fs
 
+from . import archives, retry
 from .config import LabelSource
 from .errors import SourceError
 
-__all__ = ["Listing", "list_source", "read_bytes", "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath"]
+__all__ = ["Listing", "list_source", "read_bytes", "spans_of", "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath",
+           "SPAN_COLUMNS"]
 
 #: Extensions taken as images without looking inside (compared lower-case).
 IMAGE_EXTENSIONS = frozenset(
@@ -34,6 +36,9 @@ _MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b
 _MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 _COLUMNS = ["origin", "relpath", "label"]
+#: Listing columns that say where an archive member's bytes lie; they do not go into the manifest.
+SPAN_COLUMNS = ("offset", "size")
+_GLOB = frozenset("*?[")
 #: Optional manifest columns of coordinates that follow the geometry of their image.
 PAIRED_COLUMNS = ("points", "boxes")
 
@@ -104,11 +109,62 @@ def _list_folder(fs, root: str, labels: LabelSource) -> pd.DataFrame:
         rows.sort(key=lambda r: r[1])
     items = pd.DataFrame(rows, columns=["path", "relpath"])
     items["origin"] = [fs.unstrip_protocol(p) for p in items["path"]]
-    if labels is LabelSource.FOLDER:
-        items["label"] = [r.split("/", 1)[0] if "/" in r else None for r in items["relpath"]]
-    else:
-        items["label"] = None
+    items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
     return items[_COLUMNS]
+
+
+def _folder_label(relpath: str) -> str | None:
+    return relpath.split("/", 1)[0] if "/" in relpath else None
+
+
+def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[str] | None:
+    """The archives SOURCE names (one URL, a glob, or a list), sorted; None when it names none."""
+    urls = [source] if isinstance(source, str) else list(source)
+    if isinstance(source, str) and not (_GLOB & set(source)) and archives.archive_kind(source) is None:
+        return None
+    found = []
+    for url in urls:
+        if _GLOB & set(url):
+            try:
+                fs, pattern = url_to_fs(url, **storage_options)
+                found += [fs.unstrip_protocol(p) for p in fs.glob(pattern)]
+            except Exception as exc:
+                raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
+        else:
+            found.append(url)
+    if not found:
+        raise SourceError(f"SOURCE {source!r} matches no archives")
+    odd = [u for u in found if archives.archive_kind(u) is None]
+    if odd:
+        raise SourceError(f"SOURCE {odd[0]!r} is not a .tar, .tar.gz, .tgz or .zip archive")
+    return sorted(dict.fromkeys(found))
+
+
+def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict) -> pd.DataFrame:
+    """Members of every archive (shards in URL order, members in archive order), with their spans."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(url: str) -> list[tuple]:
+        try:
+            fs, path = url_to_fs(url, **storage_options)
+            exists = fs.isfile(path)
+        except Exception as exc:
+            raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
+        if not exists:
+            raise SourceError(f"SOURCE {url!r} does not exist")
+        protocol = archives.archive_kind(url)[0]  # type: ignore[index]
+        rows = []
+        for member, offset, size in archives.list_archive(fs, path):
+            rel = safe_relpath(member)
+            if not _is_hidden(rel) and posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
+                rows.append((f"{protocol}://{member}::{url}", rel, offset, size))
+        return rows
+
+    with ThreadPoolExecutor(min(8, len(urls))) as pool:  # shards in a bucket: list them side by side
+        rows = [row for shard in pool.map(one, urls) for row in shard]
+    items = pd.DataFrame(rows, columns=["origin", "relpath", *SPAN_COLUMNS])
+    items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
+    return items[_COLUMNS + list(SPAN_COLUMNS)]
 
 
 def _list_manifest(url: str, fs, path: str, labels: LabelSource, storage_options: dict) -> pd.DataFrame:
@@ -174,14 +230,16 @@ def _label_order(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def list_source(
-    source: str,
+    source: str | Sequence[str],
     labels: LabelSource = LabelSource.FOLDER,
     storage_options: dict[str, Any] | None = None,
     masks: str | None = None,
 ) -> Listing:
-    """List the images of ``source``: a folder/prefix (recursively, sorted by relative path) or a
+    """List the images of ``source``: a folder/prefix (recursively, sorted by relative path), a
     ``.csv`` / ``.parquet`` manifest with a ``path`` column and an optional ``label`` column (kept in the
-    manifest's order; relative paths are taken from the manifest's folder).
+    manifest's order; relative paths are taken from the manifest's folder), or archives: one ``.tar``,
+    ``.tar.gz``, ``.tgz`` or ``.zip``, a glob of them (``gs://b/train-*.tar``) or a list, read in place
+    (shards in URL order, members in archive order; a member's path in its archive is its ``relpath``).
 
     Image files are found by extension, and files with an unknown extension by their first bytes; hidden
     files and folders (a name starting with ``.``) are left out. With ``labels="folder"`` a file's label
@@ -202,6 +260,13 @@ def list_source(
     >>> listing.items[["relpath", "label"]].head()        # doctest: +SKIP
     """
     storage_options = dict(storage_options or {})
+    shards = _archive_urls(source, storage_options)
+    if shards is not None:
+        items = _list_archives(shards, labels, storage_options)
+        if items.empty:
+            raise SourceError(f"SOURCE {source!r} holds no image files")
+        fs = url_to_fs(shards[0], **storage_options)[0]
+        return _finish(items, masks, storage_options, str(source) if isinstance(source, str) else ",".join(shards), fs)
     try:
         fs, root = url_to_fs(str(source), **storage_options)
         root = posixpath.normpath(root) if root.startswith("/") else root.rstrip("/") or root
@@ -220,6 +285,11 @@ def list_source(
         items = _list_folder(fs, root, labels)
     if items.empty:
         raise SourceError(f"SOURCE {source!r} holds no image files")
+    return _finish(items, masks, storage_options, str(source), fs)
+
+
+def _finish(items: pd.DataFrame, masks: str | None, storage_options: dict, source: str, fs: Any) -> Listing:
+    """Masks, label ids and the running index of a listing."""
     if masks is not None:
         items = _attach_masks(items, masks, storage_options)
     labels_ = [None if pd.isna(v) else str(v) for v in items["label"]]
@@ -228,20 +298,55 @@ def list_source(
     ids = {name: i for i, name in enumerate(names)}
     items["label_id"] = pd.array([ids.get(v, -1) for v in labels_], "int32")
     items.insert(0, "index", pd.RangeIndex(len(items)).astype("int64"))
-    return Listing(source=str(source), fs=fs, items=items.reset_index(drop=True), label_names=names)
+    return Listing(source=source, fs=fs, items=items.reset_index(drop=True), label_names=names)
 
 
-def read_bytes(origins: Sequence[str], storage_options: dict[str, Any] | None = None) -> list[bytes | Exception]:
+def spans_of(items: pd.DataFrame) -> list[tuple[int, int] | None] | None:
+    """The archive spans of listing rows (None when the listing has none)."""
+    if not set(SPAN_COLUMNS) <= set(items.columns):
+        return None
+    return [None if pd.isna(o) else (int(o), int(s)) for o, s in zip(items["offset"], items["size"])]
+
+
+def read_bytes(origins: Sequence[str], storage_options: dict[str, Any] | None = None,
+               spans: Sequence[tuple[int, int] | None] | None = None,
+               policy: retry.RetryPolicy = retry.DEFAULT_POLICY) -> list[bytes | Exception]:
     """Fetch many whole files at once, each from the filesystem its URL names; concurrent on remote
     filesystems (fsspec's ``cat_ranges``, which, unlike ``cat``, takes names literally: ``[``, ``?`` and
-    ``*`` are not globs).
+    ``*`` are not globs). Archive members (``tar://member::archive``) are ranged reads at their
+    ``spans`` (from the listing), or read by streaming a compressed tar.
 
-    Returns, in order, each file's bytes or the exception that reading it raised.
+    Transient errors (HTTP 429/5xx, dropped connections) are retried with backoff; one that outlives
+    the retries raises :class:`~imgtools.errors.StorageError`, so that no image is recorded as failed
+    for a hiccup of the storage.
+
+    Returns, in order, each file's bytes or the (permanent) exception that reading it raised.
+
+    Examples
+    --------
+    >>> read_bytes(["memory://nowhere.jpg"])
+    [FileNotFoundError('/nowhere.jpg')]
     """
     options = dict(storage_options or {})
-    groups: dict[int, tuple[Any, list[int], list[str]]] = {}
+
+    def fetch(indices: Sequence[int]) -> list[bytes | Exception]:
+        picked = [origins[i] for i in indices]
+        return _read_once(picked, options, None if spans is None else [spans[i] for i in indices])
+
+    return retry.retry_failed(fetch, len(origins), f"reading {len(origins)} files", policy)  # type: ignore[return-value]
+
+
+def _read_once(origins: Sequence[str], options: dict, spans) -> list[bytes | Exception]:
     out: list[bytes | Exception] = [FileNotFoundError("not read")] * len(origins)
+    members = [i for i, origin in enumerate(origins) if archives.is_member(origin)]
+    if members:
+        got = archives.read_members([origins[i] for i in members], None if spans is None else [spans[i] for i in members], options)
+        for i, value in zip(members, got):
+            out[i] = value
+    groups: dict[int, tuple[Any, list[int], list[str]]] = {}
     for i, origin in enumerate(origins):
+        if archives.is_member(origin):
+            continue
         try:
             fs, path = url_to_fs(origin, **options)
         except Exception as exc:  # an unknown protocol fails this file only
@@ -252,6 +357,10 @@ def read_bytes(origins: Sequence[str], storage_options: dict[str, Any] | None = 
         paths.append(path)
     for fs, where, paths in groups.values():
         none = [None] * len(paths)
-        for i, got in zip(where, fs.cat_ranges(paths, none, none, on_error="return")):
-            out[i] = got
+        try:
+            got = fs.cat_ranges(paths, none, none, on_error="return")
+        except Exception as exc:  # the whole batch failed (a connection that did not come up)
+            got = [exc] * len(paths)
+        for i, value in zip(where, got):
+            out[i] = value
     return out

@@ -14,6 +14,10 @@ from PIL import Image
 
 IMAGENET = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
 
+# The GCS emulator lacks the bucket-layout call gcsfs makes unless told not to; set before any Dask
+# worker process starts, so every process of the suite inherits it.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 
 @pytest.fixture(scope="session")
 def imagenet() -> pathlib.Path:
@@ -170,11 +174,38 @@ def cli_env() -> dict[str, str]:
 
 
 def free_port() -> int:
-    import socket
+    from imgtools.testing import free_port as free
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """gcp-storage-emulator on 127.0.0.1, for the whole session (see imgtools.testing)."""
+    from imgtools.testing import gcs_emulator
+
+    with gcs_emulator() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, for the whole session (see imgtools.testing)."""
+    from imgtools.testing import s3_server as start
+
+    with start() as server:
+        yield server
+
+
+_buckets = iter(range(10**6))
+
+
+@pytest.fixture(params=["gs", "s3"])
+def bucket(request):
+    """A fresh, empty bucket on a real local server, one per test: (URL, storage_options, Server)."""
+    server = request.getfixturevalue(f"{request.param}_server")
+    url = server.make_bucket(f"test-{next(_buckets):04d}-{os.getpid()}")
+    return url, server.options(), server
 
 
 @pytest.fixture

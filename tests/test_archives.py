@@ -1,0 +1,149 @@
+"""Archives as sources: .tar, .tar.gz, .zip, one or a glob of shards, read in place without extracting."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import imgtools
+from imgtools import presize
+from imgtools.errors import SourceError
+from imgtools.sources import list_source, read_bytes
+
+def _files(root: pathlib.Path) -> list[tuple[str, bytes]]:
+    return [(p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def _tar(path: pathlib.Path, files, mode: str) -> None:
+    with tarfile.open(path, mode) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _zip(path: pathlib.Path, files, compression: int) -> None:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in files:
+            zf.writestr(name, data)
+
+
+WRITERS = {
+    "tar": (".tar", lambda p, f: _tar(p, f, "w")),
+    "tar.gz": (".tar.gz", lambda p, f: _tar(p, f, "w:gz")),
+    "tgz": (".tgz", lambda p, f: _tar(p, f, "w:gz")),
+    "zip-deflate": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_DEFLATED)),
+    "zip-stored": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_STORED)),
+    "zip-bzip2": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_BZIP2)),
+}
+
+
+def make_archive(kind: str, files, folder: pathlib.Path, name: str = "images") -> pathlib.Path:
+    suffix, write = WRITERS[kind]
+    path = folder / f"{name}{suffix}"
+    write(path, files)
+    return path
+
+
+def _same_output(a: str, b: str, sizes=("64x64",)) -> None:
+    ra, rb = imgtools.open(a), imgtools.open(b)
+    ma, mb = ra.manifest, rb.manifest
+    assert list(ma["relpath"]) == list(mb["relpath"])
+    assert list(ma["label"]) == list(mb["label"]) and list(ma["status"]) == list(mb["status"])
+    for key in sizes:
+        np.testing.assert_array_equal(np.asarray(ra.images(key)), np.asarray(rb.images(key)))
+
+
+@pytest.mark.parametrize("workers", [0, None])
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_archive_source_gives_the_same_output_as_the_extracted_folder(kind, workers, labelled_dir, tmp_path, dask_client):
+    archive = make_archive(kind, _files(labelled_dir), tmp_path)
+    client = dask_client if workers is None else None
+    folder = presize(str(labelled_dir), str(tmp_path / "folder.zarr"), sizes=[64], workers=0, progress=False)
+    report = presize(str(archive), str(tmp_path / "archive.zarr"), sizes=[64], client=client,
+                     workers=workers, progress=False)
+    assert report.ok == folder.ok == 80 and report.failed == 0
+    _same_output(str(tmp_path / "folder.zarr"), str(tmp_path / "archive.zarr"))
+    manifest = imgtools.open(str(tmp_path / "archive.zarr")).manifest
+    protocol = "zip" if kind.startswith("zip") else "tar"
+    assert manifest["origin"].iloc[0] == f"{protocol}://class0/img000.jpg::{archive}"
+    assert not {"offset", "size"} & set(manifest.columns)
+
+
+@pytest.mark.parametrize("kind", ["tar", "tar.gz", "zip-deflate"])
+def test_glob_of_shards_is_one_dataset_in_shard_order_split_into_many_chunks(kind, labelled_dir, tmp_path, dask_client):
+    files = _files(labelled_dir)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for s in range(3):  # 27, 27, 26 files
+        make_archive(kind, files[s * 27 : (s + 1) * 27], shards, name=f"train-{s:04d}")
+    suffix = WRITERS[kind][0]
+    config = imgtools.PresizeConfig.build(sizes=[64], chunk=16)  # several chunks per shard, some across shards
+    presize(str(labelled_dir), str(tmp_path / "folder.zarr"), config=config, workers=0, progress=False)
+    report = presize(str(shards / f"train-*{suffix}"), str(tmp_path / "shards.zarr"), config=config,
+                     client=dask_client, progress=False)
+    assert report.ok == 80
+    _same_output(str(tmp_path / "folder.zarr"), str(tmp_path / "shards.zarr"))
+
+
+def test_list_of_archives_and_a_broken_member_becomes_one_failed_row(labelled_dir, tmp_path):
+    files = _files(labelled_dir)[:10] + [("class9/broken.jpg", b"\xff\xd8\xff not a jpeg")]
+    a = make_archive("tar", files[:5], tmp_path, "a")
+    b = make_archive("zip-deflate", files[5:], tmp_path, "b")
+    report = presize([str(a), str(b)], str(tmp_path / "out.zarr"), sizes=[32], workers=0, progress=False)
+    assert (report.total, report.ok, report.failed) == (11, 10, 1)
+    assert report.failures["origin"].iloc[0].startswith("zip://class9/broken.jpg::")
+
+
+def test_member_bytes_read_without_spans_match_the_file(labelled_dir, tmp_path):
+    files = _files(labelled_dir)[:6]
+    for kind in ("tar", "tar.gz", "zip-deflate"):
+        archive = make_archive(kind, files, tmp_path, name=f"x-{kind}")
+        protocol = "zip" if kind.startswith("zip") else "tar"
+        origins = [f"{protocol}://{name}::{archive}" for name, _ in reversed(files)] + [f"{protocol}://nope.jpg::{archive}"]
+        got = read_bytes(origins)
+        assert got[:-1] == [data for _, data in reversed(files)]
+        assert isinstance(got[-1], FileNotFoundError)
+
+
+def test_members_outside_image_extensions_and_hidden_ones_are_left_out(tmp_path, labelled_dir):
+    files = _files(labelled_dir)[:3] + [("notes.txt", b"hello"), (".hidden/x.jpg", b"x"), ("dir/", b"")]
+    archive = make_archive("tar", files[:-1], tmp_path)
+    listing = list_source(str(archive))
+    assert list(listing.items["relpath"]) == [name for name, _ in files[:3]]
+    assert list(listing.items["label"]) == ["class0"] * 3
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("missing.tar", "does not exist"),
+    ("nothing-*.tar", "matches no archives"),
+    ("corrupt.zip", "cannot be read"),
+])
+def test_bad_archive_sources_exit_2_naming_them(bad, message, tmp_path, cli_env):
+    (tmp_path / "corrupt.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(SourceError, match=message):
+        list_source(str(tmp_path / bad))
+    run = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(tmp_path / bad), str(tmp_path / "o.zarr")],
+                         capture_output=True, text=True, env=cli_env)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and message in run.stderr
+
+
+def test_resume_of_a_compressed_archive_only_redoes_missing_chunks(labelled_dir, tmp_path):
+    archive = make_archive("tar.gz", _files(labelled_dir), tmp_path)
+    config = imgtools.PresizeConfig.build(sizes=[32], chunk=16)
+    dest = tmp_path / "out.zarr"
+    presize(str(archive), str(dest), config=config, workers=0, progress=False)
+    for marker in sorted((dest / ".imgtools" / "chunks").iterdir())[2:4]:
+        marker.unlink()
+    (dest / "manifest.parquet").unlink()
+    again = presize(str(archive), str(dest), config=config, workers=0, progress=False)
+    assert again.processed == 32 and again.ok == 80
+    assert pd.read_parquet(dest / "manifest.parquet")["status"].eq("ok").all()

@@ -1,18 +1,21 @@
 """The ``imgtools`` command: parse, call the library, print. Nothing else lives here.
 
 Exit codes: 0 when a run completes (even with per-image failures), 1 with ``--strict`` when any image
-failed, 2 for bad usage or a missing SOURCE (one line naming the problem, no traceback).
+failed, when storage kept failing after retries (run again to resume) or when ``sync`` could not copy
+a file, 2 for bad usage or a missing SOURCE (one line naming the problem, no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._version import __version__
 from .config import DEFAULT_MAX_PIXELS, Compression, LabelSource, OutputFormat, PresizeConfig, Resample, ResizeMode
-from .errors import ConfigError, ImgtoolsError
+from .errors import ConfigError, ImgtoolsError, StorageError
 
 __all__ = ["main", "build_parser"]
 
@@ -27,11 +30,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _storage_option(text: str) -> tuple[str, str]:
+def _storage_option(text: str) -> tuple[str, Any]:
+    """``key=value``; a value that reads as JSON (``true``, ``3``, ``{"region_name": "x"}``) is taken as such."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"storage option {text!r} is not key=value")
-    return key, value
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def _choices(enum_cls) -> list[str]:
@@ -86,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--n", type=int, default=64, help="images on the sheet (default 64)")
     v.add_argument("--out", default="sheet.png", help="PNG to write (default sheet.png)")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
     i = sub.add_parser("inspect", help="what is in a dataset: formats, modes, sizes, broken files, duplicates")
     i.add_argument("source", help="folder or URL of images, or a .csv/.parquet manifest")
@@ -100,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dest", nargs="?", default=DEFAULT_SAMPLE, help=f"folder to write (default {DEFAULT_SAMPLE})")
     s.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
     s.add_argument("--seed", type=int, default=0)
+    y = sub.add_parser("sync", help="copy a file tree between two locations (local, gs://, s3://), in parallel, resumably")
+    y.add_argument("src", help="folder, URL or file to copy")
+    y.add_argument("dst", help="folder or URL to copy to; files already there with the same size and MD5 are skipped")
+    y.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
+                   help="fsspec option for SRC and DST, repeatable")
+    y.add_argument("--dst-option", action="append", type=_storage_option, default=None, metavar="KEY=VALUE",
+                   help="fsspec option for DST only (then --storage-option is for SRC only), repeatable")
+    y.add_argument("--batch", type=int, default=64, help="files per concurrent batch (default 64)")
+    y.add_argument("--parallel", type=int, default=4, help="batches in flight (default 4)")
+    y.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -139,7 +157,7 @@ def _show(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"n {args.n!r} must be at least 1")
-    ds = open_dataset(args.dest)
+    ds = open_dataset(args.dest, dict(args.storage_option))
     sheet = ds.show(size=args.size, n=args.n, seed=args.seed, out=args.out)
     print(f"{ds!r}\ncontact sheet {sheet.width}x{sheet.height}: {args.out}")
     return 0
@@ -164,7 +182,20 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"presize": _presize, "derive": _derive, "show": _show, "inspect": _inspect, "sample": _sample}
+def _sync(args: argparse.Namespace) -> int:
+    from .sync import sync
+
+    report = sync(args.src, args.dst, dict(args.storage_option),
+                  dst_storage_options=None if args.dst_option is None else dict(args.dst_option),
+                  batch=args.batch, parallel=args.parallel, progress=not args.quiet)
+    print(report)
+    for path, error in zip(report.failures["path"].head(10), report.failures["error"].head(10)):
+        print(f"  failed: {path}: {error}")
+    return 1 if report.failed else 0
+
+
+_COMMANDS = {"presize": _presize, "derive": _derive, "show": _show, "inspect": _inspect, "sample": _sample,
+             "sync": _sync}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
+    except StorageError as exc:  # the storage, not the command, failed: what was done is kept
+        sys.stderr.write(f"imgtools: error: {exc}; run the same command again to resume\n")
+        return 1
     except ImgtoolsError as exc:
         sys.stderr.write(f"imgtools: error: {exc}\n")
         return 2

@@ -203,7 +203,7 @@ _buckets = iter(range(10**6))
 @pytest.fixture(params=["gs", "s3"])
 def bucket(request):
     """A fresh, empty bucket on a real local server, one per test: (URL, storage_options, Server)."""
-    server = request.getfixturevalue(f"{request.param}_server")
+    server = request.getfixturevalue({"gs": "gcs_server", "s3": "s3_server"}[request.param])
     url = server.make_bucket(f"test-{next(_buckets):04d}-{os.getpid()}")
     return url, server.options(), server
 

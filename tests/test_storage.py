@@ -1,0 +1,188 @@
+"""Buckets for real: presize and sync against gcp-storage-emulator (gs://) and moto's S3 server (s3://)
+on 127.0.0.1, also through a proxy that injects faults; listing without a request per object."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import imgtools
+from imgtools import presize
+from imgtools.errors import SourceError
+from imgtools.sources import list_source
+from imgtools.sync import sync
+from imgtools.testing import Proxy
+
+pytestmark = pytest.mark.slow
+IMGTOOLS = [sys.executable, "-m", "imgtools.cli"]
+
+
+def _upload(server, local: pathlib.Path, url: str) -> None:
+    fs = server.filesystem()
+    fs.put(str(local) + "/", url.split("://", 1)[1] + "/", recursive=True)
+
+
+def _tree(fs, root: str) -> dict[str, bytes]:
+    """relpath -> bytes of every array chunk object and array metadata of an output (the manifest and
+    attributes name their source and differ by origin only; they are compared apart)."""
+    root = root.rstrip("/")
+    paths = [p for p in fs.find(root) if not posixpath_part(p, root).startswith((".imgtools", "manifest", "imgtools"))]
+    return {posixpath_part(p, root): fs.cat_file(p) for p in paths if not posixpath_part(p, root) == "zarr.json"}
+
+
+def posixpath_part(path: str, root: str) -> str:
+    return path[len(root) :].lstrip("/")
+
+
+def _assert_same_run(fs_a, root_a, fs_b, root_b) -> None:
+    a, b = _tree(fs_a, root_a), _tree(fs_b, root_b)
+    assert a.keys() == b.keys() and len(a) > 3
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+    ma = pd.read_parquet(fs_a.open(f"{root_a}/manifest.parquet")).drop(columns="origin")
+    mb = pd.read_parquet(fs_b.open(f"{root_b}/manifest.parquet")).drop(columns="origin")
+    pd.testing.assert_frame_equal(ma, mb)
+
+
+@pytest.fixture
+def local_run(labelled_dir, tmp_path):
+    config = imgtools.PresizeConfig.build(sizes=[48, 64], mode="crop", chunk=16)
+    presize(str(labelled_dir), str(tmp_path / "local.zarr"), config=config, workers=0, progress=False)
+    import fsspec
+
+    return fsspec.filesystem("file"), str(tmp_path / "local.zarr"), config
+
+
+@pytest.mark.parametrize("route", ["bucket->bucket", "bucket->local", "local->bucket"])
+def test_presize_with_a_bucket_on_either_side_equals_the_local_run_byte_for_byte(route, bucket, labelled_dir, tmp_path,
+                                                                                  local_run, dask_client):
+    url, options, server = bucket
+    fs_local, local_root, config = local_run
+    source = f"{url}/images" if route.startswith("bucket") else str(labelled_dir)
+    if route.startswith("bucket"):
+        _upload(server, labelled_dir, source)
+    dest = f"{url}/out.zarr" if route.endswith("bucket") else str(tmp_path / "out.zarr")
+    report = presize(source, dest, config=config, storage_options=options, client=dask_client, progress=False)
+    assert report.ok == 80 and report.failed == 0
+    fs_dest = server.filesystem() if dest.startswith(url) else fs_local
+    _assert_same_run(fs_local, local_root, fs_dest, dest.split("://", 1)[-1])
+    ds = imgtools.open(dest, storage_options=options)
+    first = ds.manifest["origin"].iloc[0]
+    assert len(ds) == 80 and first.endswith("/class0/img000.jpg") and first.startswith(url if source.startswith(url) else "file://")
+
+
+def test_runs_through_a_faulty_connection_complete_and_lose_nothing(gcs_server, labelled_dir, local_run, dask_client):
+    """503s and dropped connections on the way in and out: gcsfs and imgtools retry, Dask retries tasks."""
+    url = gcs_server.make_bucket("faulty")
+    _upload(gcs_server, labelled_dir, f"{url}/images")
+    fs_local, local_root, config = local_run
+    with Proxy(gcs_server.endpoint, error_rate=0.08, drop_rate=0.04, seed=1) as proxy:
+        options = gcs_server.options(proxy.endpoint)
+        report = presize(f"{url}/images", f"{url}/out.zarr", config=config, storage_options=options,
+                         client=dask_client, progress=False)
+    assert report.ok == 80 and report.failed == 0
+    assert proxy.counts["503"] > 5 and proxy.counts["dropped"] > 2, proxy.counts
+    _assert_same_run(fs_local, local_root, gcs_server.filesystem(), "faulty/out.zarr")
+
+
+def test_listing_a_prefix_takes_a_request_per_page_not_per_object(bucket):
+    url, options, server = bucket
+    fs = server.filesystem()
+    fs.pipe({f"{url.split('://')[1]}/many/c{i % 3}/{i:05d}.jpg": b"x" for i in range(800)})
+    with Proxy(server.endpoint) as proxy:
+        listing = list_source(f"{url}/many", storage_options=server.options(proxy.endpoint))
+    assert len(listing) == 800 and set(listing.items["label"]) == {"c0", "c1", "c2"}
+    assert sum(proxy.counts.values()) <= 12, proxy.counts
+
+
+def test_archive_shards_in_a_bucket_are_read_in_place(bucket, labelled_dir, tmp_path, local_run):
+    from test_archives import _files, make_archive
+
+    url, options, server = bucket
+    files = _files(labelled_dir)
+    for s, kind in enumerate(["tar", "tar.gz", "zip-deflate"]):
+        path = make_archive(kind, files[s * 27 : (s + 1) * 27], tmp_path, name=f"train-{s}")
+        server.filesystem().put(str(path), f"{url.split('://')[1]}/shards/train-{s}.{path.name.split('.', 1)[1]}")
+    fs_local, local_root, config = local_run
+    report = presize([f"{url}/shards/train-0.tar", f"{url}/shards/train-1.tar.gz", f"{url}/shards/train-2.zip"],
+                     str(tmp_path / "from-shards.zarr"), config=config, storage_options=options, workers=0, progress=False)
+    assert report.ok == 80
+    _assert_same_run(fs_local, local_root, fs_local, str(tmp_path / "from-shards.zarr"))
+
+
+def test_an_interrupted_bucket_run_is_never_readable_as_complete_and_resumes(gcs_server, labelled_dir, local_run, cli_env):
+    url = gcs_server.make_bucket("interrupted")
+    _upload(gcs_server, labelled_dir, f"{url}/images")
+    fs_local, local_root, config = local_run
+    with Proxy(gcs_server.endpoint, latency=(0.02, 0.04)) as slow:  # slow enough to be caught mid-run
+        args = IMGTOOLS + ["presize", f"{url}/images", f"{url}/out.zarr", "--size", "48", "--size", "64", "--chunk", "16",
+                           "--workers", "0", "--quiet"]
+        for key, value in {"endpoint_url": slow.endpoint, "token": "anon", "project": "test"}.items():
+            args += ["--storage-option", f"{key}={value}"]
+        proc = subprocess.Popen(args, env=cli_env, start_new_session=True)
+        fs = gcs_server.filesystem()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(fs.ls("interrupted/out.zarr/.imgtools/chunks", refresh=True)
+                                                   if fs.exists("interrupted/out.zarr/.imgtools/chunks") else []) < 2:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not gcs_server.filesystem().exists("interrupted/out.zarr/manifest.parquet")
+    with pytest.raises(SourceError, match="not a complete imgtools output"):
+        imgtools.open(f"{url}/out.zarr", storage_options=gcs_server.options())
+    lock = "interrupted/out.zarr/.imgtools/lock.json"
+    gcs_server.filesystem().rm(lock)  # the killed run's lock: same host, but its pid is gone anyway
+    report = presize(f"{url}/images", f"{url}/out.zarr", config=config, storage_options=gcs_server.options(),
+                     workers=0, progress=False)
+    assert report.chunks_resumed >= 2 and report.ok == 80
+    _assert_same_run(fs_local, local_root, gcs_server.filesystem(), "interrupted/out.zarr")
+
+
+def test_sync_copies_between_any_two_places_and_skips_what_is_there(gcs_server, s3_server, labelled_dir, tmp_path, cli_env):
+    gs = gcs_server.make_bucket("sync-src") + "/data"
+    s3 = s3_server.make_bucket("sync-dst") + "/data"
+    first = sync(str(labelled_dir), gs, gcs_server.options(), progress=False)
+    assert (first.total, first.copied, first.skipped, first.failed) == (80, 80, 0, 0)
+    to_s3 = sync(gs, s3, gcs_server.options(), dst_storage_options=s3_server.options(), progress=False)
+    assert to_s3.copied == 80
+    back = tmp_path / "back"
+    sync(s3, str(back), s3_server.options(), dst_storage_options={}, progress=False)
+    original = {p.relative_to(labelled_dir): p.read_bytes() for p in labelled_dir.rglob("*") if p.is_file()}
+    assert {p.relative_to(back): p.read_bytes() for p in back.rglob("*") if p.is_file()} == original
+
+    # a re-run copies nothing; a file changed in place (same size) is found by its checksum
+    changed = labelled_dir / "class1" / "img004.png"
+    data = bytearray(changed.read_bytes())
+    data[-20] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    args = IMGTOOLS + ["sync", str(labelled_dir), gs, "--quiet"] + [
+        f"--storage-option={k}={v}" for k, v in {"endpoint_url": gcs_server.endpoint, "token": "anon", "project": "test"}.items()]
+    run = subprocess.run(args, capture_output=True, text=True, env=cli_env)
+    assert run.returncode == 0, run.stderr
+    assert "1 copied, 79 already there, 0 failed" in run.stdout
+    assert gcs_server.filesystem().cat_file("sync-src/data/class1/img004.png") == bytes(data)
+
+
+def test_sync_of_a_missing_source_exits_2_naming_it(tmp_path, cli_env):
+    run = subprocess.run(IMGTOOLS + ["sync", str(tmp_path / "nope"), str(tmp_path / "dst")], capture_output=True,
+                         text=True, env=cli_env)
+    assert run.returncode == 2 and "nope" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_local_to_local_sync_resumes_after_a_partial_copy(labelled_dir, tmp_path):
+    dst = tmp_path / "copy"
+    first = sync(str(labelled_dir), str(dst), progress=False, batch=7)
+    victims = sorted(p for p in dst.rglob("*") if p.is_file())[:5]
+    victims[0].unlink()
+    victims[1].write_bytes(victims[1].read_bytes()[:10])  # a copy cut short
+    again = sync(str(labelled_dir), str(dst), progress=False)
+    assert first.copied == 80 and (again.copied, again.skipped) == (2, 78)
+    assert np.all([(dst / p.relative_to(labelled_dir)).read_bytes() == p.read_bytes()
+                   for p in labelled_dir.rglob("*") if p.is_file()])

@@ -13,10 +13,11 @@ import numpy as np
 from PIL import Image
 
 from .config import PresizeConfig, Resample, ResizeMode, Size
+from .resample import Filter, resample
 
 __all__ = ["Plan", "plan", "draft_request", "resize", "resize_all", "is_identity", "resize_mask", "transform_points"]
 
-_FILTERS = {Resample.LANCZOS: Image.Resampling.LANCZOS, Resample.BICUBIC: Image.Resampling.BICUBIC}
+_FILTERS = {Resample.LANCZOS: Filter.LANCZOS, Resample.BICUBIC: Filter.BICUBIC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +110,7 @@ def resize(image: Image.Image, size: Size, config: PresizeConfig, original: tupl
     if p.scaled == image.size and box == (0.0, 0.0, float(image.width), float(image.height)):
         out = np.asarray(image)
     else:
-        out = np.asarray(image.resize(p.scaled, _FILTERS[config.resample], box=box))
+        out = resample(np.asarray(image), box, p.scaled, _FILTERS[config.resample])
     if p.scaled == p.canvas:
         return out
     canvas = np.empty((p.canvas[1], p.canvas[0], 3), np.uint8)

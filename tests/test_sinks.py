@@ -279,3 +279,20 @@ def test_png_with_a_transparent_colour_is_reencoded_not_copied(tmp_path):
     cfg = PresizeConfig.build(sizes=[100], mode="longest", format="png", only_if_bigger=True)
     imgtools.presize(str(tmp_path / "src"), str(tmp_path / "o"), config=cfg, workers=0, progress=False)
     assert _load(tmp_path / "o" / "long100" / "t.png")[0, 0].tolist() == [255, 255, 255]  # over the background
+
+
+def test_a_zarr_chunk_write_cut_short_by_a_kill_leaves_no_temporary_file_after_the_rerun(labelled_dir, tmp_path):
+    """zarr's local store writes ``<chunk>.<uuid>.partial`` then renames it; SIGKILL in between leaves it."""
+    from imgtools import presize
+
+    dest = tmp_path / "o.zarr"
+    presize(str(labelled_dir), str(dest), sizes=[16], workers=0, progress=False)
+    leftover = dest / "16x16" / "images" / "c" / "0" / "0" / "0" / "0.1f2e3d.partial"
+    leftover.write_bytes(b"half a chunk")
+    (dest / ".imgtools" / "chunks" / "0000000.parquet").unlink()
+    (dest / "manifest.parquet").unlink()
+    clean = tmp_path / "clean.zarr"
+    presize(str(labelled_dir), str(clean), sizes=[16], workers=0, progress=False)
+    presize(str(labelled_dir), str(dest), sizes=[16], workers=0, progress=False)
+    assert not leftover.exists()
+    assert tree_bytes(dest) == tree_bytes(clean)

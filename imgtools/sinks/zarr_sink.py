@@ -68,6 +68,13 @@ class ZarrSink(Sink):
         group["ok"][chunk.start : stop] = chunk.ok
         group["labels"][chunk.start : stop] = chunk.labels
 
+    def _finalize(self, manifest: pd.DataFrame) -> None:
+        # zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it; a run killed in
+        # between leaves that temporary file, which the chunk's redo does not reuse
+        for leftover, info in self.fs.glob(self.path("**", "*.partial"), detail=True).items():
+            if info.get("type") == "file":
+                self.fs.rm_file(leftover)
+
     def read_attrs(self) -> dict[str, Any] | None:
         try:
             return dict(self.group("r").attrs)

@@ -51,7 +51,7 @@ class ImageResult:
 def _unchanged(decoded, config: PresizeConfig) -> frozenset[str]:
     if (decoded.format != config.format.pillow_format or decoded.orientation != 1 or decoded.mode != "RGB"
             or decoded.transparent
-            or decoded.image.size != (decoded.width, decoded.height)):
+            or decoded.pixels.shape[1::-1] != (decoded.width, decoded.height)):
         return frozenset()
     return frozenset(s.key(config.mode) for s in config.sizes
                      if is_identity(decoded.width, decoded.height, s, config))
@@ -84,7 +84,7 @@ def process_image(data: bytes | BaseException, config: PresizeConfig) -> ImageRe
         if w * h > config.max_pixels:
             return ImageResult(None, f"output {w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}", **meta)
     try:
-        arrays = resize_all(decoded.image, config, (decoded.width, decoded.height))
+        arrays = resize_all(decoded.pixels, config, (decoded.width, decoded.height))
     except MemoryError:
         return ImageResult(None, "out of memory while resizing", **meta)
     except Exception as exc:  # a resize failure is this image's, never the run's

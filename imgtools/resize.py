@@ -91,26 +91,29 @@ def draft_request(width: int, height: int, config: PresizeConfig) -> tuple[int, 
     return min(need_w, width), min(need_h, height)
 
 
-def resize(image: Image.Image, size: Size, config: PresizeConfig, original: tuple[int, int]) -> np.ndarray:
-    """Resize one upright RGB image to ``size`` following ``config`` (mode, filter, pad colour).
+def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig, original: tuple[int, int]) -> np.ndarray:
+    """Resize one upright RGB image (H x W x 3 uint8) to ``size`` following ``config`` (mode, filter,
+    pad colour).
 
     ``original`` is the (width, height) the image had before any draft reduction: the plan is made on it,
     so the output does not depend on how much the decoder reduced.
 
     Examples
     --------
-    >>> img = Image.new("RGB", (400, 200), (9, 9, 9))
+    >>> img = np.full((200, 400, 3), 9, np.uint8)
     >>> resize(img, Size(64, 64), PresizeConfig.build(mode="pad"), (400, 200)).shape
     (64, 64, 3)
     """
     p = plan(original[0], original[1], size, config.mode, config.only_if_bigger)
-    fx, fy = image.width / original[0], image.height / original[1]
+    pixels = np.asarray(pixels)
+    height, width = pixels.shape[:2]
+    fx, fy = width / original[0], height / original[1]
     x0, y0, x1, y1 = p.box
     box = (x0 * fx, y0 * fy, x1 * fx, y1 * fy)
-    if p.scaled == image.size and box == (0.0, 0.0, float(image.width), float(image.height)):
-        out = np.asarray(image)
+    if p.scaled == (width, height) and box == (0.0, 0.0, float(width), float(height)):
+        out = pixels
     else:
-        out = resample(np.asarray(image), box, p.scaled, _FILTERS[config.resample])
+        out = resample(pixels, box, p.scaled, _FILTERS[config.resample])
     if p.scaled == p.canvas:
         return out
     canvas = np.empty((p.canvas[1], p.canvas[0], 3), np.uint8)
@@ -130,8 +133,8 @@ def resize_all(pixels: np.ndarray | Image.Image, config: PresizeConfig, original
     >>> {k: v.shape for k, v in out.items()}
     {'8x8': (8, 8, 3), '16x16': (16, 16, 3)}
     """
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    return {s.key(config.mode): resize(image, s, config, original) for s in config.sizes}
+    array = np.asarray(pixels)
+    return {s.key(config.mode): resize(array, s, config, original) for s in config.sizes}
 
 
 def is_identity(width: int, height: int, size: Size, config: PresizeConfig) -> bool:

@@ -144,9 +144,9 @@ def _stream_read(archive: str, names: Sequence[str], options: dict) -> dict[str,
             f = fs.open(path, "rb")
             state = _streams.state = (archive, f, tarfile.open(fileobj=f, mode="r|*"))
         for member in _tar_members(state[2]):
-            if member.name in wanted:
+            if member.name in wanted and member.name not in got:
                 got[member.name] = state[2].extractfile(member).read()
-                if len(got) == len(wanted):
+                if wanted <= got.keys():
                     return got
         state[1].close()  # at the end: what is missing lies behind us, or is not there at all
         _streams.state = None
@@ -194,7 +194,7 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
         except Exception as exc:  # the archive itself failed: every member of it, with that reason
             found = {name: exc for _, name in rows}
         for i, name in rows:
-            out[i] = found[name]
+            out[i] = found.get(name, FileNotFoundError(f"{name!r} is not in {archive}"))
     return out
 
 

@@ -147,3 +147,14 @@ def test_resume_of_a_compressed_archive_only_redoes_missing_chunks(labelled_dir,
     again = presize(str(archive), str(dest), config=config, workers=0, progress=False)
     assert again.processed == 32 and again.ok == 80
     assert pd.read_parquet(dest / "manifest.parquet")["status"].eq("ok").all()
+
+
+def test_a_stream_already_past_some_wanted_members_reads_them_all_on_a_fresh_pass(tmp_path):
+    """A retried or resumed chunk of a .tar.gz whose kept-open stream stopped part-way through it."""
+    from imgtools import archives
+
+    files = [(f"img/{i:03d}.jpg", b"x%d" % i) for i in range(12)]
+    archive = make_archive("tar.gz", files, tmp_path)
+    archives._stream_read(str(archive), [name for name, _ in files[:10]], {})
+    got = read_bytes([f"tar://{name}::{archive}" for name, _ in files[6:]])
+    assert got == [data for _, data in files[6:]]

@@ -120,8 +120,9 @@ def _folder_label(relpath: str) -> str | None:
 def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[str] | None:
     """The archives SOURCE names (one URL, a glob, or a list), sorted; None when it names none."""
     urls = [source] if isinstance(source, str) else list(source)
-    if isinstance(source, str) and not (_GLOB & set(source)) and archives.archive_kind(source) is None:
-        return None
+    if isinstance(source, str) and archives.archive_kind(source) is None and (
+            not (_GLOB & set(source)) or _exists(source, storage_options)):
+        return None  # a folder or manifest (whose name may hold [, ? or *)
     found = []
     for url in urls:
         if _GLOB & set(url):
@@ -138,6 +139,14 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
     if odd:
         raise SourceError(f"SOURCE {odd[0]!r} is not a .tar, .tar.gz, .tgz or .zip archive")
     return sorted(dict.fromkeys(found))
+
+
+def _exists(url: str, storage_options: dict) -> bool:
+    try:
+        fs, path = url_to_fs(url, **storage_options)
+        return fs.exists(path)
+    except Exception:
+        return False
 
 
 def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict) -> pd.DataFrame:

@@ -158,3 +158,9 @@ def test_a_stream_already_past_some_wanted_members_reads_them_all_on_a_fresh_pas
     archives._stream_read(str(archive), [name for name, _ in files[:10]], {})
     got = read_bytes([f"tar://{name}::{archive}" for name, _ in files[6:]])
     assert got == [data for _, data in files[6:]]
+
+
+def test_a_folder_whose_name_holds_glob_characters_is_listed_as_a_folder(labelled_dir, tmp_path):
+    folder = tmp_path / "photos[old]"
+    labelled_dir.rename(folder)
+    assert len(list_source(str(folder))) == 80

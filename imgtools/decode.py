@@ -101,14 +101,18 @@ def _orientation(img: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-# EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+# EXIF orientation -> the array operation that makes the picture upright (as ImageOps.exif_transpose);
+# rows and columns only, so it serves H x W masks and H x W x C images alike.
+_UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1],
+}
 
 
-def _upright(img: Image.Image, orientation: int) -> Image.Image:
-    return img.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else img
+def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
+    turn = _UPRIGHT.get(orientation)
+    return arr if turn is None else np.ascontiguousarray(turn(arr))
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -218,10 +222,10 @@ def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
     meta = dict(width=width, height=height, mode=mode, format=fmt, orientation=orientation)
     fast = _turbo(data, img, (stored_w, stored_h), (dw, dh)) if fmt == "JPEG" and mode in ("RGB", "L") else None
     if fast is not None:
-        return Decoded(pixels=_upright_array(fast, orientation), **meta)
+        return Decoded(pixels=_upright(fast, orientation), **meta)
     img.load()
-    image = _upright(_to_rgb(img, config.background), orientation)
-    return Decoded(pixels=np.asarray(image), transparent="transparency" in img.info, **meta)
+    pixels = _upright(np.asarray(_to_rgb(img, config.background)), orientation)
+    return Decoded(pixels=pixels, transparent="transparency" in img.info, **meta)
 
 
 def _turbo(data: bytes, img: Image.Image, stored: tuple[int, int], drafted: tuple[int, int]) -> np.ndarray | None:
@@ -239,19 +243,6 @@ def _turbo(data: bytes, img: Image.Image, stored: tuple[int, int], drafted: tupl
     return out if (out.shape[1], out.shape[0]) == drafted else None
 
 
-# EXIF orientation -> the array operation that makes the picture upright (as _UPRIGHT does for Pillow).
-_UPRIGHT_ARRAY: dict[int, Callable[[np.ndarray], np.ndarray]] = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
-    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: a.transpose(1, 0, 2)[::-1],
-}
-
-
-def _upright_array(arr: np.ndarray, orientation: int) -> np.ndarray:
-    turn = _UPRIGHT_ARRAY.get(orientation)
-    return arr if turn is None else np.ascontiguousarray(turn(arr))
-
-
 def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
     """Decode a label mask: one channel of class indices (modes 1, L, P as indices, I and I;16 up to 255),
     upright, as a 2-d uint8 array.
@@ -267,7 +258,7 @@ def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
         img, orientation = _open_guarded(data, config, "mask ")
         if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
             raise DecodeError(f"mask has mode {img.mode!r}; a mask has one channel of class indices")
-        arr = np.asarray(_upright(img.convert("L") if img.mode == "1" else img, orientation))
+        arr = _upright(np.asarray(img.convert("L") if img.mode == "1" else img), orientation)
     if arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise DecodeError(f"mask has class indices up to {int(arr.max())}; at most 255 are kept")
@@ -301,5 +292,5 @@ def decode_native(data: bytes, config: PresizeConfig) -> np.ndarray:
             out = img.convert("RGBA")
         else:
             out = _to_rgb(img, config.background)
-        arr = np.asarray(_upright(out, orientation))
+        arr = _upright(np.asarray(out), orientation)
         return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)

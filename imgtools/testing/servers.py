@@ -45,11 +45,7 @@ class Server:
 
     def options(self, endpoint: str | None = None) -> dict[str, Any]:
         """``storage_options`` for this server, or for ``endpoint`` in front of it."""
-        if endpoint is None:
-            return dict(self.storage_options)
-        if self.protocol == "gs":
-            return {**self.storage_options, "endpoint_url": endpoint}
-        return {**self.storage_options, "endpoint_url": endpoint}
+        return dict(self.storage_options) if endpoint is None else {**self.storage_options, "endpoint_url": endpoint}
 
     def make_bucket(self, name: str) -> str:
         """Create bucket ``name`` (an existing one is kept) and return its URL."""

@@ -23,9 +23,10 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
+from . import retry
 from .errors import SourceError
 
-__all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream"]
+__all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream", "close_streams"]
 
 #: archive suffix -> (fsspec protocol of its members, compressed stream?)
 _KINDS = {".tar": ("tar", False), ".tar.gz": ("tar", True), ".tgz": ("tar", True), ".zip": ("zip", False)}
@@ -79,34 +80,71 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             yield member
 
 
+#: Read-ahead block when listing an uncompressed archive in place: a tar's headers lie one per member,
+#: so each block costs one request; 1 MiB reads small members' shards through in few requests and
+#: skips most of the bytes of big members (fsspec's default of 5 MiB read most shards whole).
+LIST_BLOCK = 1 << 20
+
+
 def list_archive(fs: Any, path: str) -> list[tuple[str, int, int]]:
     """The regular files of one archive, in archive order, as ``(member, offset, size)``; a
     compressed tar gives ``-1`` spans (its members are read by streaming).
 
+    A transient storage error (a dropped connection, HTTP 5xx) lists the archive again, with backoff.
+
     Raises
     ------
     SourceError
-        When the archive cannot be opened as its suffix says.
+        When the archive cannot be opened as its suffix says (or is not there).
+    StorageError
+        When the storage kept failing after the retries.
     """
+    return retry.call(lambda: _list_once(fs, path), f"listing {fs.unstrip_protocol(path)}")
+
+
+def _list_once(fs: Any, path: str) -> list[tuple[str, int, int]]:
     protocol, compressed = archive_kind(path) or (None, False)
     try:
-        with fs.open(path, "rb") as f:
+        with fs.open(path, "rb", **({} if compressed else {"block_size": LIST_BLOCK})) as f:
             if protocol == "zip":
                 with zipfile.ZipFile(f) as zf:
                     return [(i.filename, i.header_offset, i.compress_size) for i in zf.infolist() if not i.is_dir()]
             with tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
                 return [(m.name, -1, -1) if compressed else (m.name, m.offset_data, m.size) for m in _tar_members(tar)]
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
-        raise SourceError(f"archive {fs.unstrip_protocol(path)!r} cannot be read: {exc}") from None
+    except Exception as exc:
+        if retry.is_transient(exc):
+            raise
+        if isinstance(exc, (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error)):
+            raise SourceError(f"archive {fs.unstrip_protocol(path)!r} cannot be read: {exc}") from None
+        raise
 
 
 @lru_cache(maxsize=64)
-def _index(archive: str, options: str) -> dict[str, tuple[int, int]]:
-    """member -> span of an archive, for reads that come without spans (cached per process)."""
+def _index(archive: str, options: str, version: str) -> dict[str, tuple[int, int]]:
+    """member -> span of an archive, for reads that come without spans (cached per process, per
+    ``version`` of the archive: a shard rewritten in place is listed again)."""
     import json
 
     fs, path = url_to_fs(archive, **json.loads(options))
     return {name: (offset, size) for name, offset, size in list_archive(fs, path)}
+
+
+def _version(fs: Any, path: str) -> str:
+    """What tells one state of a file from the next: size with modification time, ETag or generation."""
+    info = fs.info(path)
+    stamp = [info.get(k) for k in ("size", "mtime", "LastModified", "updated", "ETag", "etag", "generation")]
+    return repr([v for v in stamp if v is not None])
+
+
+def _spans_from_index(archive: str, options: dict) -> dict[str, tuple[int, int]] | Exception:
+    """The spans of an archive's members from its (cached) index, or the error that reading it raised."""
+    import json
+
+    try:
+        fs, path = url_to_fs(archive, **options)
+        return _index(archive, json.dumps(options, sort_keys=True), retry.call(lambda: _version(fs, path), f"reading {archive}"))
+    except Exception as exc:
+        return exc
 
 
 def _zip_data(raw: bytes, size: int) -> bytes | int:
@@ -159,43 +197,57 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
     """The bytes of archive members (origins as :func:`split_member` reads them), each or its error.
 
     Members with a span (from the listing) are ranged reads, concurrent through fsspec's
-    ``cat_ranges``; members without one find it in the archive's index, read once per process.
-    Members of compressed tars are read by streaming.
+    ``cat_ranges``; members without one find it in the archive's index, read once per process (and
+    again when the archive changed). Members of compressed tars are read by streaming. A whole batch
+    that fails (a connection that did not come up) gives every member of it that error, to be retried.
     """
-    import json
-
     out: list[bytes | Exception] = [FileNotFoundError("not read")] * len(origins)
     ranged: dict[str, list[tuple[int, str, int, int]]] = {}
     streamed: dict[str, list[tuple[int, str]]] = {}
+    unknown: dict[str, list[tuple[int, str, str]]] = {}
     for i, origin in enumerate(origins):
         proto, member, archive = split_member(origin)
+        span = spans[i] if spans is not None else None
         if is_stream(archive):
             streamed.setdefault(archive, []).append((i, member))
-            continue
-        span = spans[i] if spans is not None else None
-        try:
-            span = span if span is not None and span[0] >= 0 else _index(archive, json.dumps(options, sort_keys=True))[member]
-        except KeyError:
-            out[i] = FileNotFoundError(f"{member!r} is not in {archive}")
-            continue
-        except Exception as exc:
-            out[i] = exc
-            continue
-        ranged.setdefault(archive, []).append((i, proto, *span))
+        elif span is not None and span[0] >= 0:
+            ranged.setdefault(archive, []).append((i, proto, *span))
+        else:
+            unknown.setdefault(archive, []).append((i, proto, member))
+    for archive, rows in unknown.items():
+        index = _spans_from_index(archive, options)
+        for i, proto, member in rows:
+            if isinstance(index, Exception):
+                out[i] = index
+            elif member in index:
+                ranged.setdefault(archive, []).append((i, proto, *index[member]))
+            else:
+                out[i] = FileNotFoundError(f"{member!r} is not in {archive}")
     for archive, rows in ranged.items():
-        fs, path = url_to_fs(archive, **options)
-        ends = [offset + size + (_ZIP_LOCAL.size + _ZIP_SLACK if proto == "zip" else 0) for _, proto, offset, size in rows]
-        got = fs.cat_ranges([path] * len(rows), [r[2] for r in rows], ends, on_error="return")
+        try:
+            fs, path = url_to_fs(archive, **options)
+            ends = [offset + size + (_ZIP_LOCAL.size + _ZIP_SLACK if proto == "zip" else 0) for _, proto, offset, size in rows]
+            got = fs.cat_ranges([path] * len(rows), [r[2] for r in rows], ends, on_error="return")
+        except Exception as exc:  # the whole batch failed
+            fs, path, got = None, None, [exc] * len(rows)
         for (i, proto, offset, size), raw in zip(rows, got):
             out[i] = raw if proto == "tar" or isinstance(raw, Exception) else _unzip(fs, path, raw, offset, size)
-    for archive, rows in streamed.items():
+    for archive, names in streamed.items():
         try:
-            found = _stream_read(archive, [name for _, name in rows], options)
+            found = _stream_read(archive, [name for _, name in names], options)
         except Exception as exc:  # the archive itself failed: every member of it, with that reason
-            found = {name: exc for _, name in rows}
-        for i, name in rows:
+            found = {name: exc for _, name in names}
+        for i, name in names:
             out[i] = found.get(name, FileNotFoundError(f"{name!r} is not in {archive}"))
     return out
+
+
+def close_streams() -> None:
+    """Close the compressed-tar stream this thread keeps open between reads (the end of a task)."""
+    state = getattr(_streams, "state", None)
+    _streams.state = None
+    if state is not None:
+        state[1].close()
 
 
 def _unzip(fs, path: str, raw: bytes, offset: int, size: int) -> bytes | Exception:

@@ -31,14 +31,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _storage_option(text: str) -> tuple[str, Any]:
-    """``key=value``; a value that reads as JSON (``true``, ``3``, ``{"region_name": "x"}``) is taken as such."""
+    """``key=value`` keeps the value as text, except ``true`` / ``false`` / ``null`` and JSON objects or
+    lists (``{"region_name": "x"}``); ``key:=value`` takes the value as JSON, for numbers (``block_size:=1048576``).
+    So a project number or a secret made of digits stays text.
+
+    Examples
+    --------
+    >>> _storage_option("project=1234"), _storage_option("anon=true"), _storage_option("block_size:=65536")
+    (('project', '1234'), ('anon', True), ('block_size', 65536))
+    """
     key, sep, value = text.partition("=")
+    as_json = key.endswith(":")
+    key = key[:-1] if as_json else key
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"storage option {text!r} is not key=value")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+        raise argparse.ArgumentTypeError(f"storage option {text!r} is not key=value or key:=json")
+    if as_json or value in ("true", "false", "null") or value.lstrip()[:1] in ("{", "["):
+        try:
+            return key, json.loads(value)
+        except ValueError:
+            if as_json:
+                raise argparse.ArgumentTypeError(f"storage option {text!r}: {value!r} is not JSON") from None
+    return key, value
 
 
 def _choices(enum_cls) -> list[str]:
@@ -72,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
     where.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core; 0: in this process)")
     p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
-                   help="fsspec option for SOURCE and DEST, repeatable")
+                   help="fsspec option for SOURCE and DEST, repeatable; KEY:=JSON for a number")
     p.add_argument("--masks", metavar="FOLDER", help="label masks paired with the images by relative path")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output at DEST and start again")
     p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")

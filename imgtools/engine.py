@@ -22,7 +22,7 @@ from .sinks.base import Chunk, Sink
 from . import retry
 from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, read_bytes, spans_of
 
-__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values",
+__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values", "is_moved",
            "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
 
 #: Manifest columns, in order.
@@ -170,12 +170,13 @@ def previous_values(previous: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     ``index``, ``origin`` and labels always come from the current listing)."""
     if previous is None or previous.empty:
         return {}
-    cols = [c for c in previous.columns if c in RESULT_COLUMNS or _is_moved(c)]
+    cols = [c for c in previous.columns if c in RESULT_COLUMNS or is_moved(c)]
     return {rel: {c: (None if pd.isna(v) else v) for c, v in zip(cols, vals)}
             for rel, vals in zip(previous["relpath"], previous[cols].itertuples(index=False))}
 
 
-def _is_moved(column: str) -> bool:
+def is_moved(column: str) -> bool:
+    """Whether a manifest column holds coordinates moved to one size (``points_64x64``)."""
     return column.split("_", 1)[0] in PAIRED_COLUMNS and "_" in column
 
 

@@ -22,7 +22,7 @@ from ._version import __version__
 from .cluster import client_for_run, current_client, dashboard_link, get_client
 from .config import PresizeConfig, Size
 from .errors import ConfigError
-from .engine import manifest_frame, previous_values, process_chunk, process_one
+from .engine import RESULT_COLUMNS, is_moved, manifest_frame, process_chunk, process_one
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
 from . import archives
@@ -163,11 +163,12 @@ def _presize(source, dest, config, client, workers, storage_options, masks, over
         auto = client is None and workers is None and current_client() is None
         if todo and ((workers == 0 and client is None) or (auto and pending <= config.chunk)):
             # in this process: asked for, or one chunk of work, which takes less than starting a cluster
-            for i, part, reuse in todo:
-                parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
-                bar.update(len(part))
+            for task in _tasks(todo, items, config.chunk):
+                for i, rows in _run_task(task, config, sink, storage_options):
+                    parts[i] = rows
+                    bar.update(len(rows))
         elif todo:
-            parts.update(_run_on_dask(todo, config, storage_options, sink, bar, client, workers, progress))
+            parts.update(_run_on_dask(todo, items, config, storage_options, sink, bar, client, workers, progress))
         bar.close()
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
         if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
@@ -221,16 +222,17 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional
         marker = markers.get(i)
         if (marker is not None and len(marker) == len(part) and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
                 and (positional or (marker["status"] == "ok").all())):
-            known = previous_values(marker)
-            parts[i] = manifest_frame(part.assign(**{c: [known[r].get(c) for r in part["relpath"]]
-                                                    for c in next(iter(known.values()))}))
+            # the marker's rows are the chunk's, in order: take them by position (a relpath may repeat)
+            cols = [c for c in marker.columns if c in RESULT_COLUMNS or is_moved(c)]
+            values = {c: [None if pd.isna(v) else v for v in marker[c]] for c in cols}
+            parts[i] = manifest_frame(part.assign(**values))
             continue
         reuse = None if reusable is None else reusable[reusable["relpath"].isin(part["relpath"])]
         todo.append((i, part, None if reuse is None or reuse.empty else reuse))
     return parts, todo
 
 
-def _run_on_dask(todo, config, storage_options, sink, bar, client, workers, progress) -> dict[int, pd.DataFrame]:
+def _run_on_dask(todo, items, config, storage_options, sink, bar, client, workers, progress) -> dict[int, pd.DataFrame]:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
 
@@ -240,10 +242,8 @@ def _run_on_dask(todo, config, storage_options, sink, bar, client, workers, prog
             if link:
                 bar.write(f"dashboard: {link}", file=sys.stderr)
         # one partition per task of whole chunks: no two tasks ever write the same chunk
-        tasks = _tasks(todo)
-        bag = db.from_sequence(tasks, npartitions=len(tasks)).map(
-            lambda task: [(i, process_chunk(part, i, config, sink, storage_options, reuse)) for i, part, reuse in task]
-        )
+        tasks = _tasks(todo, items, config.chunk)
+        bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options)
         futures = dask_client.compute(bag.to_delayed(), retries=2)
         if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
             from distributed import progress as dask_progress
@@ -266,21 +266,37 @@ def _run_on_dask(todo, config, storage_options, sink, bar, client, workers, prog
         return out
 
 
-def _tasks(todo: list) -> list[list]:
+def _tasks(todo: list, items: pd.DataFrame, chunk: int) -> list[list]:
     """Chunks grouped into tasks: one chunk a task, except that a chunk that goes on reading the
-    compressed tar its predecessor ended in joins that task, so the archive is decompressed once, in
-    order, rather than from its start for every chunk."""
+    compressed tar its predecessor ended in joins that task when reaching its first member afresh would
+    mean decompressing at least a chunk's worth of members before it; so a big ``.tar.gz`` is
+    decompressed once, in order, and many small ones still run side by side."""
+    starts: dict[str, int] = {}  # archive -> listing index of its first member
+    for index, origin in zip(items["index"], items["origin"]):
+        if archives.is_member(origin):
+            starts.setdefault(archives.split_member(origin)[2], int(index))
     tasks: list[list] = []
     last = None
     for entry in todo:
-        origins = entry[1]["origin"]
-        first = archives.split_member(origins.iloc[0])[2] if archives.is_member(origins.iloc[0]) else None
-        if tasks and first is not None and first == last and archives.is_stream(first):
+        part = entry[1]
+        head = part["origin"].iloc[0]
+        first = archives.split_member(head)[2] if archives.is_member(head) else None
+        skip = int(part["index"].iloc[0]) - starts.get(first, 0) if first is not None else 0
+        if tasks and first is not None and first == last and archives.is_stream(first) and skip >= chunk:
             tasks[-1].append(entry)
         else:
             tasks.append([entry])
-        last = archives.split_member(origins.iloc[-1])[2] if archives.is_member(origins.iloc[-1]) else None
+        tail = part["origin"].iloc[-1]
+        last = archives.split_member(tail)[2] if archives.is_member(tail) else None
     return tasks
+
+
+def _run_task(task: list, config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:
+    """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them)."""
+    try:
+        return [(i, process_chunk(part, i, config, sink, storage_options, reuse)) for i, part, reuse in task]
+    finally:
+        archives.close_streams()
 
 
 def _in_notebook() -> bool:

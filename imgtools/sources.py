@@ -131,8 +131,12 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
                 found += [fs.unstrip_protocol(p) for p in fs.glob(pattern)]
             except Exception as exc:
                 raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
-        else:
-            found.append(url)
+        else:  # as a full URL, like a glob's matches: a relative path would not name it elsewhere
+            try:
+                fs, path = url_to_fs(url, **storage_options)
+            except Exception as exc:
+                raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
+            found.append(fs.unstrip_protocol(path))
     if not found:
         raise SourceError(f"SOURCE {source!r} matches no archives")
     odd = [u for u in found if archives.archive_kind(u) is None]

@@ -71,20 +71,57 @@ def _tree(fs, root: str) -> dict[str, dict[str, Any]]:
     return {posixpath.relpath(path, root): info for path, info in found.items()}
 
 
+def _md5(fs, path: str) -> str:
+    """The MD5 of one file, read block by block (never whole in memory), retried on transient errors."""
+    def once() -> str:
+        digest = hashlib.md5()
+        with fs.open(path, "rb", block_size=_BLOCK) as f:
+            while block := f.read(_BLOCK):
+                digest.update(block)
+        return digest.hexdigest()
+
+    return retry.call(once, f"reading {fs.unstrip_protocol(path)}")
+
+
 def _same(rel: str, src_info, dst_info, src, dst) -> bool:
-    """Same size, and the same MD5 (from the listings, or computed where a side does not state one)."""
+    """Same size, and the same MD5 (from the listings, or computed where a side does not state one);
+    a file that cannot be read to compare is copied again."""
     if dst_info is None or int(src_info.get("size") or 0) != int(dst_info.get("size") or 0):
         return False
     sums = []
-    for (fs, root, opts), info in ((src, src_info), (dst, dst_info)):
+    for (fs, root, _), info in ((src, src_info), (dst, dst_info)):
         md5 = _md5_of_info(info)
         if md5 is None:
-            data = read_bytes([fs.unstrip_protocol(posixpath.join(root, rel))], opts)[0]
-            if isinstance(data, Exception):
+            try:
+                md5 = _md5(fs, posixpath.join(root, rel))
+            except Exception:
                 return False
-            md5 = hashlib.md5(data).hexdigest()
         sums.append(md5)
     return sums[0] == sums[1]
+
+
+def _write_all(fs, files: dict[str, bytes], what: str) -> dict[str, str]:
+    """Write ``files`` (path -> bytes) in one concurrent call, retried on transient errors; when the
+    batch fails for good, each file alone, so that one refused file is that file's failure. Returns
+    path -> reason of the files that could not be written."""
+    def batch() -> None:
+        for folder in {posixpath.dirname(p) for p in files}:
+            fs.makedirs(folder, exist_ok=True)
+        fs.pipe(files)
+
+    try:
+        retry.call(batch, f"writing {len(files)} files to {what}")
+        return {}
+    except Exception:
+        pass
+    failed = {}
+    for path, data in files.items():
+        try:
+            retry.call(lambda: (fs.makedirs(posixpath.dirname(path), exist_ok=True), fs.pipe_file(path, data)),
+                       f"writing {path}")
+        except Exception as exc:
+            failed[path] = f"write failed: {type(exc).__name__}: {exc}"
+    return failed
 
 
 def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
@@ -137,7 +174,10 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
         raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
     src_root = src_root.rstrip("/") if not src_fs.isfile(src_root) else posixpath.dirname(src_root)
     sides = ((src_fs, src_root, src_opts), (dst_fs, dst_root, dst_opts))
-    todo = sorted(rel for rel, info in src_files.items() if not _same(rel, info, dst_files.get(rel), *sides))
+    with ThreadPoolExecutor(parallel * 4) as pool:  # files to hash for comparison, side by side
+        same = dict(zip(src_files, pool.map(lambda rel: _same(rel, src_files[rel], dst_files.get(rel), *sides),
+                                            src_files)))
+    todo = sorted(rel for rel in src_files if not same[rel])
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=sum(int(src_files[r].get("size") or 0) for r in todo), unit="B", unit_scale=True,
                desc="sync", disable=not progress, file=sys.stderr)
@@ -151,12 +191,14 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
                 failures.append((rel, f"read failed: {type(data).__name__}: {data}"))
             else:
                 out[posixpath.join(dst_root, rel)] = data
-        for path in {posixpath.dirname(p) for p in out}:
-            dst_fs.makedirs(path, exist_ok=True)
-        retry.call(lambda: dst_fs.pipe(out), f"writing {len(out)} files to {dst}")
-        bar.update(sum(len(d) for d in out.values()))
+        refused = _write_all(dst_fs, out, dst) if out else {}
+        failures.extend((posixpath.relpath(path, dst_root), reason) for path, reason in refused.items())
+        bar.update(sum(len(d) for p, d in out.items() if p not in refused))
         for rel in sorted(set(rels) - set(small)):
-            _copy_stream(src_fs, posixpath.join(src_root, rel), dst_fs, posixpath.join(dst_root, rel))
+            try:
+                _copy_stream(src_fs, posixpath.join(src_root, rel), dst_fs, posixpath.join(dst_root, rel))
+            except Exception as exc:
+                failures.append((rel, f"copy failed: {type(exc).__name__}: {exc}"))
             bar.update(int(src_files[rel].get("size") or 0))
 
     with ThreadPoolExecutor(parallel) as pool:

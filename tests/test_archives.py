@@ -74,7 +74,7 @@ def test_archive_source_gives_the_same_output_as_the_extracted_folder(kind, work
     _same_output(str(tmp_path / "folder.zarr"), str(tmp_path / "archive.zarr"))
     manifest = imgtools.open(str(tmp_path / "archive.zarr")).manifest
     protocol = "zip" if kind.startswith("zip") else "tar"
-    assert manifest["origin"].iloc[0] == f"{protocol}://class0/img000.jpg::{archive}"
+    assert manifest["origin"].iloc[0] == f"{protocol}://class0/img000.jpg::file://{archive}"
     assert not {"offset", "size"} & set(manifest.columns)
 
 
@@ -164,3 +164,63 @@ def test_a_folder_whose_name_holds_glob_characters_is_listed_as_a_folder(labelle
     folder = tmp_path / "photos[old]"
     labelled_dir.rename(folder)
     assert len(list_source(str(folder))) == 80
+
+
+def _chunk_tasks(source, chunk: int) -> tuple[int, int]:
+    from imgtools.pipeline import _plan_chunks, _tasks
+
+    items = list_source(source).items
+    _, todo = _plan_chunks(items, chunk, pd.DataFrame({"chunk": [], "relpath": []}), True)
+    return len(todo), len(_tasks(todo, items, chunk))
+
+
+def test_many_small_compressed_shards_run_side_by_side_and_one_big_one_in_one_pass(tmp_path):
+    files = [(f"c{i % 2}/{i:03d}.jpg", b"x%d" % i) for i in range(60)]
+    for s in range(12):  # shards of 5 members, chunks of 8: every chunk starts less than a chunk into its shard
+        make_archive("tar.gz", files[s * 5 : (s + 1) * 5], tmp_path, name=f"small-{s:02d}")
+    assert _chunk_tasks(str(tmp_path / "small-*.tar.gz"), 8) == (8, 8)
+    (tmp_path / "one").mkdir()
+    big = make_archive("tar.gz", files, tmp_path / "one", name="big")
+    assert _chunk_tasks(str(big), 8) == (8, 1)  # decompressed once, front to back
+    assert _chunk_tasks(str(make_archive("tar", files, tmp_path / "one", name="plain")), 8) == (8, 8)
+
+
+def test_the_same_path_in_two_shards_is_refused_for_files_and_kept_apart_in_arrays(labelled_dir, tmp_path):
+    from imgtools.errors import ConfigError
+
+    files = [(name, data) for name, data in _files(labelled_dir) if name.endswith(".jpg")][:6]
+    a = make_archive("tar", files, tmp_path, name="a")
+    b = make_archive("tar", [(files[0][0], b"not an image")] + files[1:], tmp_path, name="b")
+    with pytest.raises(ConfigError, match="would both be written to"):
+        presize([str(a), str(b)], str(tmp_path / "files"), sizes=[32], format="jpeg", workers=0, progress=False)
+    assert not (tmp_path / "files").exists()
+    config = imgtools.PresizeConfig.build(sizes=[32], chunk=8)  # one chunk holds both copies of files[0]
+    dest = tmp_path / "both.zarr"
+    first = presize([str(a), str(b)], str(dest), config=config, workers=0, progress=False)
+    again = presize([str(a), str(b)], str(dest), config=config, workers=0, progress=False)
+    expected = ["ok"] * 6 + ["failed"] + ["ok"] * 5
+    assert (first.ok, again.processed, again.chunks_resumed) == (11, 0, 2)
+    assert pd.read_parquet(dest / "manifest.parquet")["status"].tolist() == expected
+
+
+def test_an_archive_named_by_a_relative_path_is_listed_with_full_url_origins(labelled_dir, tmp_path, monkeypatch):
+    files = _files(labelled_dir)[:3]
+    make_archive("zip-stored", files, tmp_path, name="rel")
+    monkeypatch.chdir(tmp_path)
+    origins = list(list_source("rel.zip").items["origin"])
+    assert all(o.endswith(f"::file://{tmp_path}/rel.zip") for o in origins), origins
+    monkeypatch.chdir("/")
+    assert read_bytes(origins) == [data for _, data in files]
+
+
+def test_an_archive_rewritten_in_place_is_indexed_again_and_streams_are_closed(tmp_path, labelled_dir):
+    from imgtools import archives
+
+    archive = make_archive("zip-stored", [("img/a.jpg", b"one")], tmp_path)
+    assert read_bytes([f"zip://img/a.jpg::{archive}"]) == [b"one"]
+    make_archive("zip-stored", [("pad/x.jpg", b"p" * 100), ("img/a.jpg", b"two!")], tmp_path)
+    assert read_bytes([f"zip://img/a.jpg::{archive}"]) == [b"two!"]
+    gz = make_archive("tar.gz", _files(labelled_dir), tmp_path)
+    presize(str(gz), str(tmp_path / "out.zarr"), config=imgtools.PresizeConfig.build(sizes=[16], chunk=16),
+            workers=0, progress=False)
+    assert getattr(archives._streams, "state", None) is None

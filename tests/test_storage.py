@@ -102,7 +102,9 @@ def test_listing_a_prefix_takes_a_request_per_page_not_per_object(bucket):
     assert sum(proxy.counts.values()) <= 12, proxy.counts
 
 
-def test_archive_shards_in_a_bucket_are_read_in_place(bucket, labelled_dir, tmp_path, local_run):
+def test_archive_shards_in_a_bucket_are_read_in_place_through_a_faulty_connection(bucket, labelled_dir, tmp_path,
+                                                                                  local_run):
+    """Listing the shards and the ranged reads of their members meet 503s and dropped connections."""
     from test_archives import _files, make_archive
 
     url, options, server = bucket
@@ -111,9 +113,12 @@ def test_archive_shards_in_a_bucket_are_read_in_place(bucket, labelled_dir, tmp_
         path = make_archive(kind, files[s * 27 : (s + 1) * 27], tmp_path, name=f"train-{s}")
         server.filesystem().put(str(path), f"{url.split('://')[1]}/shards/train-{s}.{path.name.split('.', 1)[1]}")
     fs_local, local_root, config = local_run
-    report = presize([f"{url}/shards/train-0.tar", f"{url}/shards/train-1.tar.gz", f"{url}/shards/train-2.zip"],
-                     str(tmp_path / "from-shards.zarr"), config=config, storage_options=options, workers=0, progress=False)
+    with Proxy(server.endpoint, error_rate=0.08, drop_rate=0.04, seed=3) as proxy:
+        report = presize([f"{url}/shards/train-0.tar", f"{url}/shards/train-1.tar.gz", f"{url}/shards/train-2.zip"],
+                         str(tmp_path / "from-shards.zarr"), config=config, storage_options=server.options(proxy.endpoint),
+                         workers=0, progress=False)
     assert report.ok == 80
+    assert proxy.counts["503"] + proxy.counts["dropped"] > 2, proxy.counts
     _assert_same_run(fs_local, local_root, fs_local, str(tmp_path / "from-shards.zarr"))
 
 
@@ -186,3 +191,46 @@ def test_local_to_local_sync_resumes_after_a_partial_copy(labelled_dir, tmp_path
     assert first.copied == 80 and (again.copied, again.skipped) == (2, 78)
     assert np.all([(dst / p.relative_to(labelled_dir)).read_bytes() == p.read_bytes()
                    for p in labelled_dir.rglob("*") if p.is_file()])
+
+
+def test_sync_records_a_file_it_cannot_write_as_a_failure_and_copies_the_rest(labelled_dir, tmp_path, cli_env):
+    dst = tmp_path / "dst"
+    (dst / "class0" / "img000.jpg").mkdir(parents=True)  # a folder where a file must go: refused for good
+    report = sync(str(labelled_dir), str(dst), progress=False, batch=16)
+    assert (report.copied, report.failed) == (79, 1)
+    assert report.failures["path"].tolist() == ["class0/img000.jpg"] and "write failed" in report.failures["error"][0]
+    assert (dst / "class1" / "img004.png").read_bytes() == (labelled_dir / "class1" / "img004.png").read_bytes()
+    run = subprocess.run(IMGTOOLS + ["sync", str(labelled_dir), str(dst)], capture_output=True, text=True, env=cli_env)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "class0/img000.jpg" in run.stdout + run.stderr
+
+
+def test_sync_compares_files_by_md5_read_in_blocks(labelled_dir, tmp_path):
+    import hashlib
+
+    from imgtools.sync import _md5
+    import fsspec
+
+    path = labelled_dir / "class2" / "img001.png"
+    assert _md5(fsspec.filesystem("file"), str(path)) == hashlib.md5(path.read_bytes()).hexdigest()
+    dst = tmp_path / "copy"
+    sync(str(labelled_dir), str(dst), progress=False)
+    same_size = dst / "class2" / "img001.png"
+    data = bytearray(same_size.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content: only the checksum tells
+    same_size.write_bytes(bytes(data))
+    again = sync(str(labelled_dir), str(dst), progress=False)
+    assert (again.copied, again.skipped) == (1, 79) and same_size.read_bytes() == path.read_bytes()
+
+
+def test_listing_a_tar_in_a_bucket_reads_its_headers_not_its_members(bucket, tmp_path):
+    from test_archives import make_archive
+
+    url, options, server = bucket
+    rng = np.random.default_rng(0)
+    files = [(f"big/{i}.jpg", rng.integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()) for i in range(5)]
+    path = make_archive("tar", files, tmp_path, name="big")
+    server.filesystem().put(str(path), f"{url.split('://')[1]}/big.tar")
+    with Proxy(server.endpoint) as proxy:
+        listing = list_source(f"{url}/big.tar", storage_options=server.options(proxy.endpoint))
+    assert listing.items["relpath"].tolist() == [name for name, _ in files]
+    assert proxy.bytes_out < 0.5 * path.stat().st_size, (proxy.bytes_out, path.stat().st_size)

@@ -123,7 +123,10 @@ class Sink(abc.ABC):
         DestinationError
             Another run holds DEST, DEST holds another job, or DEST is a non-empty folder imgtools did
             not write (never deleted, even with ``overwrite``).
+        ConfigError
+            This form cannot hold the listed items (see :meth:`_check_items`); DEST is left untouched.
         """
+        self._check_items(items)
         ours = self.fs.exists(self.path(".imgtools"))
         if not ours and self._nonempty():
             raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; choose another DEST")
@@ -253,6 +256,9 @@ class Sink(abc.ABC):
         self.put(posixpath.join(MARKER_DIR, f"{chunk.index:07d}.parquet"), _parquet_bytes(chunk.rows))
 
     # ---- per form ----------------------------------------------------------------------------------
+    def _check_items(self, items: pd.DataFrame) -> None:
+        """Refuse inputs this form cannot hold apart, before DEST is touched (arrays hold anything)."""
+
     def _create(self, items: pd.DataFrame) -> None:
         """Get the output ready for the listed ``items`` (idempotent: a resumed run calls it again); by
         default nothing, as folders appear with their files."""

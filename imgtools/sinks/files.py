@@ -15,10 +15,11 @@ import posixpath
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from ..config import OutputFormat
-from ..errors import DestinationError
+from ..errors import ConfigError, DestinationError
 from .base import Chunk, Sink
 
 __all__ = ["ImageFileSink", "EXTENSIONS", "output_relpath"]
@@ -34,7 +35,7 @@ EXTENSIONS = {
 def output_relpath(relpath: str, fmt: OutputFormat) -> str:
     """The output name of an input: its relative path when that already has an extension of ``fmt``,
     else the path with the format's extension added. A pure function of the path, so names never depend on
-    what else is listed, and two inputs never share an output.
+    what else is listed; inputs whose names would meet are refused before a run (:meth:`ImageFileSink._check_items`).
 
     Examples
     --------
@@ -56,6 +57,18 @@ class ImageFileSink(Sink):
         if not target.startswith(key + "/"):  # sources never list such a path; never write it
             raise DestinationError(f"input {relpath!r} would be written outside DEST")
         return target
+
+    def _check_items(self, items: pd.DataFrame) -> None:
+        """Two different inputs that would be written to one file (the same path in two shards, ``./a``
+        and ``a``, ``a.png`` beside ``a.png.jpg``) are refused, naming both."""
+        seen: dict[str, str] = {}
+        for origin, relpath in zip(items["origin"], items["relpath"]):
+            name = output_relpath(relpath, self.config.format)
+            first = seen.setdefault(name, origin)
+            if first != origin:
+                raise ConfigError(f"inputs {first!r} and {origin!r} would both be written to {name!r}: "
+                                  "image-file outputs are named by relative path; make the paths unique, "
+                                  "or write zarr/npy")
 
     def encode(self, image: np.ndarray, original: bytes | None = None) -> bytes:
         """The output file: the source file itself when it is already these pixels in this format."""

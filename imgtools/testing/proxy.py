@@ -49,6 +49,8 @@ class Proxy:
         self.error_rate = error_rate
         self.drop_rate = drop_rate
         self.counts = {"forwarded": 0, "503": 0, "dropped": 0}
+        #: bytes of response bodies sent back to the clients
+        self.bytes_out = 0
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -134,10 +136,14 @@ class Proxy:
                 for key, value in response.getheaders():
                     if key.lower() not in _HOP:
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but states the object's length: pass that on as it is
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length if length is not None else str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                    with proxy._lock:
+                        proxy.bytes_out += len(data)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _forward
 

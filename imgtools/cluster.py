@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import Iterator
 
 from .errors import ConfigError
+from .memory import WORKER_ENV_OVERRIDES
 
 __all__ = ["get_client", "client_for_run", "current_client", "dashboard_link"]
 
@@ -70,7 +71,11 @@ def get_client(scheduler: str | None = None, workers: int | None = None, show: b
     n = workers if workers is not None else (os.cpu_count() or 1)
     if n < 1:
         raise ConfigError(f"workers {n!r} must be at least 1")
-    client = Client(LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787"))
+    import dask
+
+    with dask.config.set(WORKER_ENV_OVERRIDES):  # and so the nanny leaves this process's environment alone
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787")
+    client = Client(cluster)
     if show:
         print(f"dashboard: {dashboard_link(client)}")
     return client

@@ -23,6 +23,7 @@ from .cluster import client_for_run, current_client, dashboard_link, get_client
 from .config import PresizeConfig, Size
 from .errors import ConfigError
 from .engine import RESULT_COLUMNS, is_moved, manifest_frame, process_chunk, process_one
+from .memory import tune_allocator
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
 from . import archives
@@ -293,6 +294,7 @@ def _tasks(todo: list, items: pd.DataFrame, chunk: int) -> list[list]:
 
 def _run_task(task: list, config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:
     """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them)."""
+    tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
     try:
         return [(i, process_chunk(part, i, config, sink, storage_options, reuse)) for i, part, reuse in task]
     finally:

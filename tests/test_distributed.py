@@ -102,3 +102,27 @@ def test_scheduler_and_workers_together_are_refused(labelled_dir, tmp_path):
     with pytest.raises(ConfigError, match="not both"):
         imgtools.presize(str(labelled_dir), str(tmp_path / "o"), scheduler="tcp://127.0.0.1:1", workers=0)
     assert not (tmp_path / "o").exists()
+
+
+def test_local_clusters_keep_malloc_adaptive_and_other_workers_are_tuned_on_their_first_task(dask_processes, monkeypatch):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which freezes glibc's mmap threshold (40-60% per image)."""
+    from distributed import Client
+
+    from imgtools.cluster import get_client
+    from imgtools.memory import tune_allocator
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # as in a fresh shell
+    client = get_client(workers=1)
+    try:
+        assert list(client.run(os.getenv, "MALLOC_TRIM_THRESHOLD_").values()) == [None]
+        assert os.getenv("MALLOC_TRIM_THRESHOLD_") is None  # the nanny left this process's environment alone too
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    address, _, _ = dask_processes
+    with Client(address, timeout="20s") as remote:  # `dask worker`: started with Dask's default variable
+        remote.wait_for_workers(2)
+        assert set(remote.run(os.getenv, "MALLOC_TRIM_THRESHOLD_").values()) == {"65536"}
+        first = remote.run(tune_allocator)
+        assert all(first.values()) and not any(remote.run(tune_allocator).values())  # once per process

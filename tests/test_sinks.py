@@ -296,3 +296,20 @@ def test_a_zarr_chunk_write_cut_short_by_a_kill_leaves_no_temporary_file_after_t
     presize(str(labelled_dir), str(dest), sizes=[16], workers=0, progress=False)
     assert not leftover.exists()
     assert tree_bytes(dest) == tree_bytes(clean)
+
+
+def test_zarr_writes_a_chunk_of_only_failed_images_as_a_chunk_object(tmp_path):
+    """Every chunk object is written, even all zeros: the arrays are opened again for each chunk, and
+    ``write_empty_chunks`` is a runtime setting zarr does not keep, so the sink must give it each time
+    (else zarr scans every chunk for fill values, which doubles a chunk write)."""
+    from imgtools import presize
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    dest = tmp_path / "o.zarr"
+    report = presize(str(src), str(dest), sizes=[16], workers=0, progress=False)
+    assert report.failed == 4
+    assert (dest / "16x16" / "images" / "c" / "0" / "0" / "0" / "0").is_file()
+    assert (dest / "ok" / "c" / "0").is_file()

@@ -112,6 +112,15 @@ class Sink(abc.ABC):
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         self.fs.pipe_file(path, data)
 
+    def put_all(self, files: dict[str, bytes]) -> None:
+        """Write many files (bytes by relative path) in one call: each folder is made once, and the files
+        go in one ``fs.pipe``, which async filesystems (gcsfs, s3fs) send concurrently."""
+        paths = {self.path(relpath): data for relpath, data in files.items()}
+        for folder in sorted({posixpath.dirname(path) for path in paths}):
+            self.fs.makedirs(folder, exist_ok=True)
+        if paths:
+            self.fs.pipe(paths)
+
     # ---- client side -------------------------------------------------------------------------------
     def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False) -> pd.DataFrame:
         """Lock DEST for this run and get it ready for ``job`` (config and inputs) and the listed ``items``.

@@ -81,15 +81,21 @@ class ImageFileSink(Sink):
         return buf.getvalue()
 
     def _write(self, chunk: Chunk) -> None:
+        files: dict[str, bytes] = {}
         for key in self.config.size_keys:
             for i, relpath in enumerate(chunk.rows["relpath"]):
                 if chunk.images[key][i] is not None:
-                    self.put(self._target(key, relpath), chunk.images[key][i])
+                    files[self._target(key, relpath)] = chunk.images[key][i]
                 mask = chunk.masks[key][i] if self.config.masks else None
                 if mask is not None:  # lossless, in a sibling tree
-                    buf = io.BytesIO()
-                    Image.fromarray(mask).save(buf, "PNG")
-                    self.put(self._target(f"{key}-masks", relpath, OutputFormat.PNG), buf.getvalue())
+                    files[self._target(f"{key}-masks", relpath, OutputFormat.PNG)] = _png(mask)
+        self.put_all(files)
+
+
+def _png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, "PNG")
+    return buf.getvalue()
 
 
 class JpegSink(ImageFileSink):

@@ -23,8 +23,14 @@ _CODECS = {
 
 
 #: Every chunk is written, even one that is all fill value: zarr's check for that scans the whole chunk
-#: and doubled the time of a chunk write; each chunk object is then written exactly once per run.
+#: and doubled the time of a chunk write; each chunk object is then written exactly once per run. It is a
+#: runtime setting, not kept in the array's metadata: an array opened again must be given it again.
 _WRITE_ALL = {"write_empty_chunks": True}
+
+
+def _writable(group, name: str):
+    """Array ``name`` of ``group``, opened to write every chunk (see ``_WRITE_ALL``)."""
+    return group[name].with_config(_WRITE_ALL)
 
 
 class ZarrSink(Sink):
@@ -69,11 +75,12 @@ class ZarrSink(Sink):
         group = self.group("r+")
         stop = chunk.start + len(chunk.rows)
         for size, key in zip(self.config.sizes, self.config.size_keys):
-            group[f"{key}/images"][chunk.start : stop] = chunk.stacked(key, size.height, size.width)
+            _writable(group, f"{key}/images")[chunk.start : stop] = chunk.stacked(key, size.height, size.width)
             if self.config.masks:
-                group[f"{key}/masks"][chunk.start : stop] = chunk.stacked(key, size.height, size.width, masks=True)
-        group["ok"][chunk.start : stop] = chunk.ok
-        group["labels"][chunk.start : stop] = chunk.labels
+                _writable(group, f"{key}/masks")[chunk.start : stop] = chunk.stacked(key, size.height, size.width,
+                                                                                      masks=True)
+        _writable(group, "ok")[chunk.start : stop] = chunk.ok
+        _writable(group, "labels")[chunk.start : stop] = chunk.labels
 
     def _finalize(self, manifest: pd.DataFrame) -> None:
         # zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it; a run killed in

@@ -12,13 +12,15 @@ A member's origin is an fsspec URL, ``tar://<member>::<archive URL>`` or ``zip:/
 from __future__ import annotations
 
 import bz2
+import contextlib
+import json
 import struct
 import tarfile
 import threading
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
 from typing import Any
 
 from fsspec.core import url_to_fs
@@ -26,7 +28,8 @@ from fsspec.core import url_to_fs
 from . import retry
 from .errors import SourceError
 
-__all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream", "close_streams"]
+__all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream", "close_streams",
+           "closing_streams"]
 
 #: archive suffix -> (fsspec protocol of its members, compressed stream?)
 _KINDS = {".tar": ("tar", False), ".tar.gz": ("tar", True), ".tgz": ("tar", True), ".zip": ("zip", False)}
@@ -119,38 +122,58 @@ def _list_once(fs: Any, path: str) -> list[tuple[str, int, int]]:
         raise
 
 
-@lru_cache(maxsize=64)
-def _index(archive: str, options: str, version: str) -> dict[str, tuple[int, int]]:
-    """member -> span of an archive, for reads that come without spans (cached per process, per
-    ``version`` of the archive: a shard rewritten in place is listed again)."""
-    import json
-
-    fs, path = url_to_fs(archive, **json.loads(options))
-    return {name: (offset, size) for name, offset, size in list_archive(fs, path)}
+#: Archives whose index (member -> span) a process keeps, for reads that come without spans.
+INDEX_CACHE = 64
+_indexes: OrderedDict[tuple[str, str], dict[str, tuple[int, int]]] = OrderedDict()
+_indexes_lock = threading.Lock()
 
 
-def _version(fs: Any, path: str) -> str:
-    """What tells one state of a file from the next: size with modification time, ETag or generation."""
-    info = fs.info(path)
-    stamp = [info.get(k) for k in ("size", "mtime", "LastModified", "updated", "ETag", "etag", "generation")]
-    return repr([v for v in stamp if v is not None])
-
-
-def _spans_from_index(archive: str, options: dict) -> dict[str, tuple[int, int]] | Exception:
-    """The spans of an archive's members from its (cached) index, or the error that reading it raised."""
-    import json
-
+def _index(archive: str, options: dict, fresh: bool = False) -> dict[str, tuple[int, int]] | Exception:
+    """member -> span of an archive (its first copy, as in the listing), listed once per process and
+    again when ``fresh``; or the error that listing it raised. No request per read: a shard rewritten in
+    place is noticed by the headers the reads check (see :func:`read_members`)."""
+    key = (archive, json.dumps(options, sort_keys=True))
+    with _indexes_lock:
+        if not fresh and key in _indexes:
+            _indexes.move_to_end(key)
+            return _indexes[key]
     try:
         fs, path = url_to_fs(archive, **options)
-        return _index(archive, json.dumps(options, sort_keys=True), retry.call(lambda: _version(fs, path), f"reading {archive}"))
+        index: dict[str, tuple[int, int]] = {}
+        for name, offset, size in list_archive(fs, path):
+            index.setdefault(name, (offset, size))
     except Exception as exc:
         return exc
+    with _indexes_lock:
+        _indexes[key] = index
+        while len(_indexes) > INDEX_CACHE:
+            _indexes.popitem(last=False)
+    return index
 
 
-def _zip_data(raw: bytes, size: int) -> bytes | int:
+def _tar_header_names(block: bytes, member: str, size: int) -> bool:
+    """Whether the 512-byte tar header before a member's data describes that member (a long name is
+    truncated in it, so its start must match)."""
+    try:
+        info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return info.size == size and bool(info.name) and member.startswith(info.name)
+
+
+class _Stale(Exception):
+    """The header at a cached span names another member: the archive changed since it was listed."""
+
+
+def _zip_data(raw: bytes, size: int, member: str | None = None) -> bytes | int:
     """A zip member's bytes from a read starting at its local header; the length to read instead when
-    the local extra field made ``raw`` too short."""
-    sig, _, _, method, _, _, _, _, _, name_len, extra_len = _ZIP_LOCAL.unpack_from(raw)
+    the local extra field made ``raw`` too short. With ``member``, the header must name it (else
+    :class:`_Stale`)."""
+    sig, _, flags, method, _, _, _, _, _, name_len, extra_len = _ZIP_LOCAL.unpack_from(raw)
+    if member is not None:
+        name = raw[_ZIP_LOCAL.size : _ZIP_LOCAL.size + name_len].decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        if sig != b"PK\x03\x04" or name != member:
+            raise _Stale(member)
     if sig != b"PK\x03\x04":
         raise ValueError("not a zip local file header at the member's offset")
     start = _ZIP_LOCAL.size + name_len + extra_len
@@ -171,24 +194,32 @@ _streams = threading.local()
 
 def _stream_read(archive: str, names: Sequence[str], options: dict) -> dict[str, bytes | Exception]:
     """Members of a compressed tar in one forward pass; the open stream is kept (per thread) so that
-    the next call for later members goes on from here instead of decompressing from the start."""
+    the next call for later members goes on from here instead of decompressing from the start. On any
+    error the stream is dropped, so the next call starts afresh."""
     wanted, got = set(names), {}
-    for fresh in (False, True):
-        state = getattr(_streams, "state", None)
-        if fresh or state is None or state[0] != archive:
-            if state is not None:
-                state[1].close()
-            fs, path = url_to_fs(archive, **options)
-            f = fs.open(path, "rb")
-            state = _streams.state = (archive, f, tarfile.open(fileobj=f, mode="r|*"))
-        for member in _tar_members(state[2]):
-            if member.name in wanted and member.name not in got:
-                got[member.name] = state[2].extractfile(member).read()
-                if wanted <= got.keys():
-                    return got
-        state[1].close()  # at the end: what is missing lies behind us, or is not there at all
-        _streams.state = None
-        wanted -= got.keys()
+    try:
+        for fresh in (False, True):
+            state = getattr(_streams, "state", None)
+            if fresh or state is None or state[0] != archive:
+                close_streams()
+                fs, path = url_to_fs(archive, **options)
+                f = fs.open(path, "rb")
+                try:
+                    state = (archive, f, tarfile.open(fileobj=f, mode="r|*"))
+                except BaseException:
+                    f.close()
+                    raise
+                _streams.state = state
+            for member in _tar_members(state[2]):
+                if member.name in wanted and member.name not in got:
+                    got[member.name] = state[2].extractfile(member).read()
+                    if wanted <= got.keys():
+                        return got
+            close_streams()  # at the end: what is missing lies behind us, or is not there at all
+            wanted -= got.keys()
+    except BaseException:
+        close_streams()
+        raise
     return {**got, **{name: FileNotFoundError(f"{name!r} is not in {archive}") for name in wanted}}
 
 
@@ -197,41 +228,25 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
     """The bytes of archive members (origins as :func:`split_member` reads them), each or its error.
 
     Members with a span (from the listing) are ranged reads, concurrent through fsspec's
-    ``cat_ranges``; members without one find it in the archive's index, read once per process (and
-    again when the archive changed). Members of compressed tars are read by streaming. A whole batch
-    that fails (a connection that did not come up) gives every member of it that error, to be retried.
+    ``cat_ranges``. Members without one find it in the archive's index, listed once per process; their
+    reads take the member's header along and check that it names the member, so an archive rewritten
+    since is listed again, not read at stale offsets. Members of compressed tars are read by streaming.
+    A whole batch that fails (a connection that did not come up) gives every member that error.
     """
     out: list[bytes | Exception] = [FileNotFoundError("not read")] * len(origins)
-    ranged: dict[str, list[tuple[int, str, int, int]]] = {}
+    ranged: dict[str, list[tuple[int, str, str, int, int, bool]]] = {}
     streamed: dict[str, list[tuple[int, str]]] = {}
-    unknown: dict[str, list[tuple[int, str, str]]] = {}
     for i, origin in enumerate(origins):
         proto, member, archive = split_member(origin)
         span = spans[i] if spans is not None else None
         if is_stream(archive):
             streamed.setdefault(archive, []).append((i, member))
         elif span is not None and span[0] >= 0:
-            ranged.setdefault(archive, []).append((i, proto, *span))
+            ranged.setdefault(archive, []).append((i, proto, member, *span, False))
         else:
-            unknown.setdefault(archive, []).append((i, proto, member))
-    for archive, rows in unknown.items():
-        index = _spans_from_index(archive, options)
-        for i, proto, member in rows:
-            if isinstance(index, Exception):
-                out[i] = index
-            elif member in index:
-                ranged.setdefault(archive, []).append((i, proto, *index[member]))
-            else:
-                out[i] = FileNotFoundError(f"{member!r} is not in {archive}")
+            ranged.setdefault(archive, []).append((i, proto, member, -1, -1, True))
     for archive, rows in ranged.items():
-        try:
-            fs, path = url_to_fs(archive, **options)
-            ends = [offset + size + (_ZIP_LOCAL.size + _ZIP_SLACK if proto == "zip" else 0) for _, proto, offset, size in rows]
-            got = fs.cat_ranges([path] * len(rows), [r[2] for r in rows], ends, on_error="return")
-        except Exception as exc:  # the whole batch failed
-            fs, path, got = None, None, [exc] * len(rows)
-        for (i, proto, offset, size), raw in zip(rows, got):
-            out[i] = raw if proto == "tar" or isinstance(raw, Exception) else _unzip(fs, path, raw, offset, size)
+        _read_ranged(archive, rows, options, out)
     for archive, names in streamed.items():
         try:
             found = _stream_read(archive, [name for _, name in names], options)
@@ -242,20 +257,82 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
     return out
 
 
+def _read_ranged(archive: str, rows: list[tuple[int, str, str, int, int, bool]], options: dict,
+                 out: list[bytes | Exception], fresh: bool = False) -> None:
+    """Ranged reads of one archive's members into ``out``. Rows without a span (``-1``) take it from the
+    cached index and are checked against their headers; those that meet a header naming another
+    member are read once more at the spans of a fresh listing (``fresh``), which are trusted."""
+    index = _index(archive, options, fresh) if any(check for *_, check in rows) else {}
+    todo = []
+    for i, proto, member, offset, size, check in rows:
+        if check and isinstance(index, Exception):
+            out[i] = index
+        elif check and member not in index:
+            out[i] = FileNotFoundError(f"{member!r} is not in {archive}")
+        else:  # a span from a fresh listing is trusted as it is
+            todo.append((i, proto, member, *(index[member] if check else (offset, size)), check and not fresh))
+    if not todo:
+        return
+    try:
+        fs, path = url_to_fs(archive, **options)
+        starts = [offset - (512 if check and proto == "tar" else 0) for _, proto, _, offset, _, check in todo]
+        ends = [offset + size + (_ZIP_LOCAL.size + _ZIP_SLACK if proto == "zip" else 0) for _, proto, _, offset, size, _ in todo]
+        got = fs.cat_ranges([path] * len(todo), starts, ends, on_error="return")
+    except Exception as exc:  # the whole batch failed
+        fs, path, got = None, None, [exc] * len(todo)
+    stale = []
+    for (i, proto, member, offset, size, check), raw in zip(todo, got):
+        if isinstance(raw, Exception):
+            out[i] = raw
+        elif proto == "tar" and check:
+            if _tar_header_names(raw[:512], member, size):
+                out[i] = raw[512:]
+            else:
+                stale.append((i, proto, member, -1, -1, True))
+        elif proto == "tar":
+            out[i] = raw
+        else:
+            try:
+                out[i] = _unzip(fs, path, raw, offset, size, member if check else None)
+            except _Stale:
+                stale.append((i, proto, member, -1, -1, True))
+    if stale:
+        _read_ranged(archive, stale, options, out, fresh=True)
+
+
 def close_streams() -> None:
     """Close the compressed-tar stream this thread keeps open between reads (the end of a task)."""
     state = getattr(_streams, "state", None)
     _streams.state = None
     if state is not None:
-        state[1].close()
+        with contextlib.suppress(Exception):  # a stream that will not close is dropped all the same
+            state[1].close()
 
 
-def _unzip(fs, path: str, raw: bytes, offset: int, size: int) -> bytes | Exception:
+@contextlib.contextmanager
+def closing_streams() -> Iterator[None]:
+    """Keep compressed-tar streams open between the reads inside, and close them at the end.
+
+    Examples
+    --------
+    >>> with closing_streams():
+    ...     pass
+    """
     try:
-        data = _zip_data(raw, size)
+        yield
+    finally:
+        close_streams()
+
+
+def _unzip(fs, path: str, raw: bytes, offset: int, size: int, member: str | None = None) -> bytes | Exception:
+    """A zip member's data (or why not) from a read at its local header; raises :class:`_Stale` when
+    ``member`` is given and the header names another."""
+    try:
+        data = _zip_data(raw, size, member)
         if isinstance(data, int):  # a long local extra field: read the exact span
-            data = _zip_data(fs.cat_file(path, offset, offset + data), size)
+            data = _zip_data(fs.cat_file(path, offset, offset + data), size, member)
         return data  # type: ignore[return-value]
+    except _Stale:
+        raise
     except Exception as exc:
         return exc
-

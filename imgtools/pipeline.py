@@ -164,10 +164,10 @@ def _presize(source, dest, config, client, workers, storage_options, masks, over
         auto = client is None and workers is None and current_client() is None
         if todo and ((workers == 0 and client is None) or (auto and pending <= config.chunk)):
             # in this process: asked for, or one chunk of work, which takes less than starting a cluster
-            for task in _tasks(todo, items, config.chunk):
-                for i, rows in _run_task(task, config, sink, storage_options):
-                    parts[i] = rows
-                    bar.update(len(rows))
+            with archives.closing_streams():  # one thread: a compressed tar's stream goes on from chunk to chunk
+                for i, part, reuse in todo:
+                    parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
+                    bar.update(len(part))
         elif todo:
             parts.update(_run_on_dask(todo, items, config, storage_options, sink, bar, client, workers, progress))
         bar.close()
@@ -295,10 +295,8 @@ def _tasks(todo: list, items: pd.DataFrame, chunk: int) -> list[list]:
 def _run_task(task: list, config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:
     """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
-    try:
+    with archives.closing_streams():
         return [(i, process_chunk(part, i, config, sink, storage_options, reuse)) for i, part, reuse in task]
-    finally:
-        archives.close_streams()
 
 
 def _in_notebook() -> bool:
@@ -309,8 +307,9 @@ def _probe(row: pd.Series, config: PresizeConfig, sink, storage_options) -> bool
     """The whole per-image path for one input, keeping nothing: does it bring the worker down?"""
     mask = row.get("mask") if config.masks else None
     span = spans_of(row.to_frame().T)
-    raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options,
-                            None if span is None else span + [None] * isinstance(mask, str))
+    with archives.closing_streams():
+        raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options,
+                                None if span is None else span + [None] * isinstance(mask, str))
     coords = {c: row[c] for c in PAIRED_COLUMNS if c in row.index and isinstance(row[c], str)}
     return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == "ok"
 
@@ -335,11 +334,11 @@ def _isolate(dask_client, task, config, storage_options, sink, bar) -> tuple[int
     killers = _failed_rows(suspects[killed], "the decoder crashed its worker process on every try")
     reuse = killers if reuse is None else pd.concat([reuse, killers], ignore_index=True)
     try:
-        rows = dask_client.submit(process_chunk, part, index, config, sink, storage_options,
-                                  reuse if len(reuse) else None, pure=False, retries=2).result()
+        rows = dask_client.submit(_run_task, [(index, part, reuse if len(reuse) else None)], config, sink,
+                                  storage_options, pure=False, retries=2).result()[0][1]
     except KilledWorker:  # not one file alone: give up on the chunk's images, keep the run
         rest = _failed_rows(suspects[~suspects["relpath"].isin(killers["relpath"])],
                             "the worker died while processing this image's chunk")
-        rows = dask_client.submit(process_chunk, part, index, config, sink, storage_options,
-                                  pd.concat([reuse, rest], ignore_index=True), pure=False).result()
+        rows = dask_client.submit(_run_task, [(index, part, pd.concat([reuse, rest], ignore_index=True))], config,
+                                  sink, storage_options, pure=False).result()[0][1]
     return index, rows

@@ -17,7 +17,7 @@ from fsspec.core import url_to_fs
 
 from . import archives, retry
 from .config import LabelSource
-from .errors import SourceError
+from .errors import SourceError, StorageError
 
 __all__ = ["Listing", "list_source", "read_bytes", "spans_of", "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath",
            "SPAN_COLUMNS"]
@@ -128,15 +128,15 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
         if _GLOB & set(url):
             try:
                 fs, pattern = url_to_fs(url, **storage_options)
-                found += [fs.unstrip_protocol(p) for p in fs.glob(pattern)]
+                found += [fs.unstrip_protocol(p) for p in retry.call(lambda: fs.glob(pattern), f"listing {url}")]
+            except StorageError:
+                raise
             except Exception as exc:
                 raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
-        else:  # as a full URL, like a glob's matches: a relative path would not name it elsewhere
-            try:
-                fs, path = url_to_fs(url, **storage_options)
-            except Exception as exc:
-                raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
-            found.append(fs.unstrip_protocol(path))
+        elif "://" in url or "::" in url:  # a URL (maybe chained, simplecache::gs://...) stays as given
+            found.append(url)
+        else:  # a local path, made absolute: a relative one would not name the file on a worker elsewhere
+            found.append(url_to_fs(url)[0].unstrip_protocol(posixpath.abspath(url)))
     if not found:
         raise SourceError(f"SOURCE {source!r} matches no archives")
     odd = [u for u in found if archives.archive_kind(u) is None]
@@ -160,16 +160,21 @@ def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict) 
     def one(url: str) -> list[tuple]:
         try:
             fs, path = url_to_fs(url, **storage_options)
-            exists = fs.isfile(path)
+            info = retry.call(lambda: fs.info(path), f"looking up {url}")  # a hiccup is retried, not "missing"
+        except FileNotFoundError:
+            raise SourceError(f"SOURCE {url!r} does not exist") from None
+        except StorageError:
+            raise
         except Exception as exc:
             raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
-        if not exists:
-            raise SourceError(f"SOURCE {url!r} does not exist")
+        if info.get("type") == "directory":
+            raise SourceError(f"SOURCE {url!r} is a folder, not an archive")
         protocol = archives.archive_kind(url)[0]  # type: ignore[index]
-        rows = []
+        rows, seen = [], set()
         for member, offset, size in archives.list_archive(fs, path):
             rel = safe_relpath(member)
-            if not _is_hidden(rel) and posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
+            if member not in seen and not _is_hidden(rel) and posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
+                seen.add(member)  # a name stored twice is one input: its first copy, which streaming finds too
                 rows.append((f"{protocol}://{member}::{url}", rel, offset, size))
         return rows
 

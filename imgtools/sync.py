@@ -75,7 +75,7 @@ def _md5(fs, path: str) -> str:
     """The MD5 of one file, read block by block (never whole in memory), retried on transient errors."""
     def once() -> str:
         digest = hashlib.md5()
-        with fs.open(path, "rb", block_size=_BLOCK) as f:
+        with fs.open(path, "rb", block_size=_BLOCK, cache_type="none") as f:
             while block := f.read(_BLOCK):
                 digest.update(block)
         return digest.hexdigest()
@@ -83,20 +83,24 @@ def _md5(fs, path: str) -> str:
     return retry.call(once, f"reading {fs.unstrip_protocol(path)}")
 
 
-def _same(rel: str, src_info, dst_info, src, dst) -> bool:
-    """Same size, and the same MD5 (from the listings, or computed where a side does not state one);
-    a file that cannot be read to compare is copied again."""
+def _same(src_info: dict[str, Any], dst_info: dict[str, Any] | None) -> bool | None:
+    """Whether the file is already at the destination: not when the sizes differ, by the MD5s when both
+    listings state one; None when a side's MD5 must be computed to tell."""
     if dst_info is None or int(src_info.get("size") or 0) != int(dst_info.get("size") or 0):
         return False
+    sums = [_md5_of_info(src_info), _md5_of_info(dst_info)]
+    return None if None in sums else sums[0] == sums[1]
+
+
+def _same_by_reading(rel: str, src_info, dst_info, src, dst) -> bool:
+    """The MD5s, computed block by block where a listing states none; a file that cannot be read to
+    compare is copied again."""
     sums = []
     for (fs, root, _), info in ((src, src_info), (dst, dst_info)):
-        md5 = _md5_of_info(info)
-        if md5 is None:
-            try:
-                md5 = _md5(fs, posixpath.join(root, rel))
-            except Exception:
-                return False
-        sums.append(md5)
+        try:
+            sums.append(_md5_of_info(info) or _md5(fs, posixpath.join(root, rel)))
+        except Exception:
+            return False
     return sums[0] == sums[1]
 
 
@@ -112,14 +116,17 @@ def _write_all(fs, files: dict[str, bytes], what: str) -> dict[str, str]:
     try:
         retry.call(batch, f"writing {len(files)} files to {what}")
         return {}
-    except Exception:
-        pass
+    except Exception as exc:
+        if retry.is_transient(exc):  # the storage is down, not a file refused: stop, a re-run resumes
+            raise
     failed = {}
     for path, data in files.items():
         try:
-            retry.call(lambda: (fs.makedirs(posixpath.dirname(path), exist_ok=True), fs.pipe_file(path, data)),
-                       f"writing {path}")
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            fs.pipe_file(path, data)
         except Exception as exc:
+            if retry.is_transient(exc):
+                raise
             failed[path] = f"write failed: {type(exc).__name__}: {exc}"
     return failed
 
@@ -174,9 +181,12 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
         raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
     src_root = src_root.rstrip("/") if not src_fs.isfile(src_root) else posixpath.dirname(src_root)
     sides = ((src_fs, src_root, src_opts), (dst_fs, dst_root, dst_opts))
-    with ThreadPoolExecutor(parallel * 4) as pool:  # files to hash for comparison, side by side
-        same = dict(zip(src_files, pool.map(lambda rel: _same(rel, src_files[rel], dst_files.get(rel), *sides),
-                                            src_files)))
+    same = {rel: _same(info, dst_files.get(rel)) for rel, info in src_files.items()}
+    unsure = [rel for rel, known in same.items() if known is None]
+    with ThreadPoolExecutor(parallel * 4) as pool:  # the files to hash, side by side, a batch at a time
+        for start in range(0, len(unsure), batch * parallel):
+            part = unsure[start : start + batch * parallel]
+            same.update(zip(part, pool.map(lambda rel: _same_by_reading(rel, src_files[rel], dst_files[rel], *sides), part)))
     todo = sorted(rel for rel in src_files if not same[rel])
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=sum(int(src_files[r].get("size") or 0) for r in todo), unit="B", unit_scale=True,
@@ -198,6 +208,8 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
             try:
                 _copy_stream(src_fs, posixpath.join(src_root, rel), dst_fs, posixpath.join(dst_root, rel))
             except Exception as exc:
+                if retry.is_transient(exc):
+                    raise
                 failures.append((rel, f"copy failed: {type(exc).__name__}: {exc}"))
             bar.update(int(src_files[rel].get("size") or 0))
 
@@ -217,7 +229,7 @@ def _copy_stream(src_fs, src_path: str, dst_fs, dst_path: str) -> None:
     """A big file, block by block, never whole in memory; retried whole on transient errors."""
     def once() -> None:
         dst_fs.makedirs(posixpath.dirname(dst_path), exist_ok=True)
-        with src_fs.open(src_path, "rb") as fin, dst_fs.open(dst_path, "wb") as fout:
+        with src_fs.open(src_path, "rb", block_size=_BLOCK, cache_type="none") as fin, dst_fs.open(dst_path, "wb") as fout:
             while block := fin.read(_BLOCK):
                 fout.write(block)
 

@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 IMAGENET = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
@@ -243,3 +244,44 @@ def dask_processes(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """Local files under ``flaky://``, with faults on demand: ``faults[name] = n`` makes the next ``n``
+    calls of ``open``, ``cat_ranges`` or ``pipe_file`` drop the connection (``ConnectionResetError``)."""
+
+    protocol = "flaky"
+    faults = {"open": 0, "cat_ranges": 0, "pipe_file": 0}
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        return super()._strip_protocol(path[len("flaky://"):] if path.startswith("flaky://") else path)
+
+    def _fault(self, name: str) -> None:
+        if self.faults[name] > 0:
+            self.faults[name] -= 1
+            raise ConnectionResetError(f"injected: connection dropped in {name}")
+
+    def _open(self, path, *args, **kwargs):
+        self._fault("open")
+        return super()._open(path, *args, **kwargs)
+
+    def cat_ranges(self, *args, **kwargs):
+        self._fault("cat_ranges")
+        return super().cat_ranges(*args, **kwargs)
+
+    def pipe_file(self, *args, **kwargs):
+        self._fault("pipe_file")
+        return super().pipe_file(*args, **kwargs)
+
+
+@pytest.fixture
+def flaky_fs():
+    """The ``flaky://`` filesystem, registered, with its faults reset before and after the test."""
+    import fsspec
+
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    FlakyFileSystem.faults.update(dict.fromkeys(FlakyFileSystem.faults, 0))
+    yield FlakyFileSystem
+    FlakyFileSystem.faults.update(dict.fromkeys(FlakyFileSystem.faults, 0))

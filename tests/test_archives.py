@@ -194,6 +194,10 @@ def test_the_same_path_in_two_shards_is_refused_for_files_and_kept_apart_in_arra
     with pytest.raises(ConfigError, match="would both be written to"):
         presize([str(a), str(b)], str(tmp_path / "files"), sizes=[32], format="jpeg", workers=0, progress=False)
     assert not (tmp_path / "files").exists()
+    twice = make_archive("tar.gz", files[:2] + [(files[0][0], b"a second copy")], tmp_path, name="twice")
+    listed = list_source(str(twice)).items  # a name stored twice is one input, its first copy
+    assert listed["relpath"].tolist() == [files[0][0], files[1][0]]
+    assert read_bytes(list(listed["origin"]))[0] == files[0][1]
     config = imgtools.PresizeConfig.build(sizes=[32], chunk=8)  # one chunk holds both copies of files[0]
     dest = tmp_path / "both.zarr"
     first = presize([str(a), str(b)], str(dest), config=config, workers=0, progress=False)
@@ -219,8 +223,31 @@ def test_an_archive_rewritten_in_place_is_indexed_again_and_streams_are_closed(t
     archive = make_archive("zip-stored", [("img/a.jpg", b"one")], tmp_path)
     assert read_bytes([f"zip://img/a.jpg::{archive}"]) == [b"one"]
     make_archive("zip-stored", [("pad/x.jpg", b"p" * 100), ("img/a.jpg", b"two!")], tmp_path)
-    assert read_bytes([f"zip://img/a.jpg::{archive}"]) == [b"two!"]
+    assert read_bytes([f"zip://img/a.jpg::{archive}"]) == [b"two!"]  # the stale span's header named pad/x.jpg
+    tar = make_archive("tar", [("img/a.jpg", b"one")], tmp_path)
+    assert read_bytes([f"tar://img/a.jpg::{tar}"]) == [b"one"]
+    make_archive("tar", [("pad/x.jpg", b"p" * 600), ("img/a.jpg", b"two!")], tmp_path)
+    assert read_bytes([f"tar://img/a.jpg::{tar}"]) == [b"two!"]
+    assert read_bytes([f"tar://pad/x.jpg::{tar}"]) == [b"p" * 600]  # from the index, no listing again
     gz = make_archive("tar.gz", _files(labelled_dir), tmp_path)
     presize(str(gz), str(tmp_path / "out.zarr"), config=imgtools.PresizeConfig.build(sizes=[16], chunk=16),
             workers=0, progress=False)
     assert getattr(archives._streams, "state", None) is None
+
+
+def test_a_dropped_connection_while_listing_or_reading_an_archive_is_retried_not_a_failure(tmp_path, flaky_fs):
+    from imgtools.errors import StorageError
+    from imgtools.sources import spans_of
+
+    files = [(f"img/{i}.jpg", b"x%d" % i) for i in range(5)]
+    for kind in ("tar", "zip-deflate"):
+        archive = make_archive(kind, files, tmp_path)
+        flaky_fs.faults["open"] = 1
+        listing = list_source(f"flaky://{archive}")
+        assert len(listing) == 5 and flaky_fs.faults["open"] == 0
+        flaky_fs.faults["cat_ranges"] = 1  # the whole batch of ranged reads fails once
+        assert read_bytes(list(listing.items["origin"]), {}, spans_of(listing.items)) == [d for _, d in files]
+        assert flaky_fs.faults["cat_ranges"] == 0
+    flaky_fs.faults["open"] = 99  # down for good: a storage error (exit 1, resumable), not "cannot be read"
+    with pytest.raises(StorageError, match="still failing"):
+        list_source(f"flaky://{archive}")

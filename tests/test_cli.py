@@ -49,15 +49,13 @@ def test_bad_usage_exits_2_with_one_line_naming_the_problem(args, message, label
 def test_hostile_folder_completes_with_exit_0_one_row_per_file_in_seconds(hostile_dir, tmp_path, cli_env):
     dest = tmp_path / "out"
     started = time.monotonic()
-    proc = subprocess.Popen(IMGTOOLS + ["presize", str(hostile_dir), str(dest), "--size", "32", "--size", "64",
-                                        "--workers", "0", "--quiet"], env=cli_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()  # both small: a summary and a few lines
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not that of every child so far
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stdout.close()
-    proc.stderr.close()
+    with open(tmp_path / "out.txt", "w+") as out, open(tmp_path / "err.txt", "w+") as err:
+        proc = subprocess.Popen(IMGTOOLS + ["presize", str(hostile_dir), str(dest), "--size", "32", "--size", "64",
+                                            "--workers", "0", "--quiet"], env=cli_env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not that of every child so far
+        proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - started
+    stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
     assert proc.returncode == 0, stderr
     assert elapsed < 60
     assert usage.ru_maxrss < 1_500_000  # KiB: bounded memory

@@ -130,3 +130,21 @@ def test_derived_sizes_bring_their_masks_along(scenes, tmp_path, fmt):
     for img, mask in zip(read_back(dest, fmt, "48x48"), _masks(dest, fmt, "48x48", m["relpath"])):
         red = (img[..., 0] > 150) & (img[..., 1] < 100)
         assert (red & (mask == 1)).sum() / max((red | (mask == 1)).sum(), 1) > 0.75
+
+
+def test_one_image_listed_with_two_masks_is_refused_for_files_and_kept_twice_in_arrays(scenes, tmp_path):
+    from imgtools.errors import ConfigError
+
+    table = pd.read_csv(scenes / "scenes.csv")
+    twice = pd.concat([table.iloc[:3], table.iloc[:1].assign(mask=table["mask"].iloc[1])], ignore_index=True)
+    twice.to_csv(scenes / "twice.csv", index=False)
+    with pytest.raises(ConfigError, match="with masks"):
+        imgtools.presize(str(scenes / "twice.csv"), str(tmp_path / "png"), sizes=[32], format="png", workers=0,
+                         progress=False)
+    same = pd.concat([table.iloc[:3], table.iloc[:1]], ignore_index=True)  # the same pair twice: one file
+    same.to_csv(scenes / "same.csv", index=False)
+    report = imgtools.presize(str(scenes / "same.csv"), str(tmp_path / "png"), sizes=[32], format="png", workers=0,
+                              progress=False)
+    assert report.ok == 4
+    arrays = imgtools.presize(str(scenes / "twice.csv"), str(tmp_path / "z"), sizes=[32], workers=0, progress=False)
+    assert arrays.failed == 1  # the first image with the second's mask: sizes differ, that row fails with why

@@ -234,3 +234,14 @@ def test_listing_a_tar_in_a_bucket_reads_its_headers_not_its_members(bucket, tmp
         listing = list_source(f"{url}/big.tar", storage_options=server.options(proxy.endpoint))
     assert listing.items["relpath"].tolist() == [name for name, _ in files]
     assert proxy.bytes_out < 0.5 * path.stat().st_size, (proxy.bytes_out, path.stat().st_size)
+
+
+def test_sync_stops_on_a_storage_outage_instead_of_failing_every_file(labelled_dir, tmp_path, flaky_fs):
+    from imgtools.errors import StorageError
+
+    flaky_fs.faults["pipe_file"] = 10_000  # every write dropped: retried, then the run stops (exit 1)
+    with pytest.raises(StorageError, match="still failing"):
+        sync(str(labelled_dir), f"flaky://{tmp_path}/dst", progress=False, batch=16)
+    flaky_fs.faults["pipe_file"] = 0
+    report = sync(str(labelled_dir), f"flaky://{tmp_path}/dst", progress=False)  # back up: resumes
+    assert (report.copied + report.skipped, report.failed) == (80, 0)

@@ -60,15 +60,17 @@ class ImageFileSink(Sink):
 
     def _check_items(self, items: pd.DataFrame) -> None:
         """Two different inputs that would be written to one file (the same path in two shards, ``./a``
-        and ``a``, ``a.png`` beside ``a.png.jpg``) are refused, naming both."""
-        seen: dict[str, str] = {}
-        for origin, relpath in zip(items["origin"], items["relpath"]):
+        and ``a``, ``a.png`` beside ``a.png.jpg``, one image listed with two masks) are refused, naming
+        both; the same input listed twice is one file."""
+        seen: dict[str, tuple] = {}
+        masks = items["mask"] if "mask" in items.columns else [None] * len(items)
+        for origin, relpath, mask in zip(items["origin"], items["relpath"], masks):
             name = output_relpath(relpath, self.config.format)
-            first = seen.setdefault(name, origin)
-            if first != origin:
-                raise ConfigError(f"inputs {first!r} and {origin!r} would both be written to {name!r}: "
-                                  "image-file outputs are named by relative path; make the paths unique, "
-                                  "or write zarr/npy")
+            first = seen.setdefault(name, (origin, mask))
+            if first != (origin, mask):
+                what = f"{origin!r} with masks {first[1]!r} and {mask!r}" if first[0] == origin else f"{first[0]!r} and {origin!r}"
+                raise ConfigError(f"inputs {what} would both be written to {name!r}: image-file outputs are named "
+                                  "by relative path; make the paths unique, or write zarr/npy")
 
     def encode(self, image: np.ndarray, original: bytes | None = None) -> bytes:
         """The output file: the source file itself when it is already these pixels in this format."""

@@ -7,8 +7,9 @@ For each geometry (64x64 squash to zarr, 224x224 crop to zarr, shortest side 160
 2. the same loop on a multiprocessing.Pool of --workers processes,
 3. decoding alone at the DCT scale that keeps twice the target, on the same Pool (the limit),
 4. imgtools presize end to end (manifest included) on a LocalCluster of --workers processes.
-Each is run on N and 4N images (the file list repeated); steady-state images/s = 3N / (t4N - tN), so
-start-up (imports, cluster, Numba) is reported apart. imgtools' PSNR against a full-resolution LANCZOS
+Each is run on N and 4N images (the file list repeated), from a warm page cache; steady-state
+images/s = 3N / (t4N - tN), so start-up (imports, cluster, Numba) is reported apart. The candidates take
+turns for --rounds rounds and the median of each is reported. imgtools' PSNR against a full-resolution LANCZOS
 reference (after EXIF transpose) is given beside its timing. Prints a table; writes a PNG plot.
 """
 
@@ -19,6 +20,7 @@ import itertools
 import multiprocessing
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,15 +73,26 @@ def _pool_run(pool, func, files, mode, side):
     pool.starmap(func, [(f, mode, side) for f in files], chunksize=16)
 
 
+def _warm(files: list[str]) -> None:
+    """Read every file once: the page cache is reclaimed between runs here (a cold read costs about
+    1 ms a file), and every candidate should start from the same warm cache."""
+    for f in files:
+        with open(f, "rb") as fh:
+            fh.read()
+
+
 def _steady(run, files: list[str]) -> tuple[float, float]:
-    """(start-up seconds, steady images/s) from runs on N and 4N files."""
+    """(start-up seconds, steady images/s) from runs on N and 4N files, from a warm page cache."""
+    _warm(files)
     t0 = time.perf_counter()
     run(files)
+    once = time.perf_counter() - t0
+    _warm(files)
     t1 = time.perf_counter()
     run(files * 4)
-    t2 = time.perf_counter()
-    rate = 3 * len(files) / max((t2 - t1) - (t1 - t0), 1e-9)
-    return max(0.0, (t1 - t0) - len(files) / rate), rate
+    four = time.perf_counter() - t1
+    rate = 3 * len(files) / max(four - once, 1e-9)
+    return max(0.0, once - len(files) / rate), rate
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,6 +118,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--n", type=int, default=0, help="images per run (default: all)")
     parser.add_argument("--png", default="benchmarks/presize.png")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every candidate; medians are reported")
+    parser.add_argument("--only", default="", help="run only the geometries whose name holds this text")
     args = parser.parse_args()
 
     import imgtools
@@ -122,23 +137,38 @@ def main() -> None:
     runs = itertools.count()
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         pool.starmap(decode_limit, [(files[0], "squash", 64)] * args.workers)  # warm the pool
-        for name, mode, side, fmt in GEOMETRIES:
+        for name, mode, side, fmt in [g for g in GEOMETRIES if args.only in g[0]]:
             result = {"geometry": name}
-            _, result["naive 1 proc"] = _steady(lambda fs: _loop(naive, fs, mode, side), files)
-            _, result[f"naive Pool({args.workers})"] = _steady(lambda fs: _pool_run(pool, naive, fs, mode, side), files)
-            _, result["decode limit"] = _steady(lambda fs: _pool_run(pool, decode_limit, fs, mode, side), files)
             cfg = PresizeConfig.build(sizes=[side], mode=mode, format=fmt)
             first = next(runs)
             runs_here = itertools.chain([first], runs)
 
-            def run_imgtools(fs, cfg=cfg, runs_here=runs_here):
-                manifest = tmp / f"list-{next(runs_here)}.csv"
+            def run_imgtools(fs, cfg=cfg, runs_here=runs_here, first=first):
+                run = next(runs_here)
+                manifest = tmp / f"list-{run}.csv"
                 pd.DataFrame({"path": fs}).to_csv(manifest, index=False)
                 report = imgtools.presize(str(manifest), str(tmp / manifest.stem), config=cfg, client=client,
                                           progress=False)
                 assert report.failed == 0, report.failures.head()
+                if run != first:  # gone before the disk writes it back: a backlog of earlier runs' output
+                    shutil.rmtree(tmp / manifest.stem)  # would slow the runs after it (this disk is slow)
 
-            result["imgtools start-up s"], result["imgtools"] = _steady(run_imgtools, files)
+            candidates = {
+                "naive 1 proc": lambda fs: _loop(naive, fs, mode, side),
+                f"naive Pool({args.workers})": lambda fs: _pool_run(pool, naive, fs, mode, side),
+                "decode limit": lambda fs: _pool_run(pool, decode_limit, fs, mode, side),
+                "imgtools": run_imgtools,
+            }
+            rates: dict[str, list[float]] = {k: [] for k in candidates}
+            startups = []
+            for _ in range(args.rounds):  # round-robin, so that drift in the machine's speed hits all alike
+                for key, run in candidates.items():
+                    startup, rate = _steady(run, files)
+                    rates[key].append(rate)
+                    if key == "imgtools":
+                        startups.append(startup)
+            result.update({key: float(np.median(values)) for key, values in rates.items()})
+            result["imgtools start-up s"] = float(np.median(startups))
             result["x naive"] = result["imgtools"] / result["naive 1 proc"]
             result["x limit"] = result["imgtools"] / result["decode limit"]
             if mode == "squash":
@@ -150,15 +180,19 @@ def main() -> None:
     small.mkdir()
     for f in files[:10]:
         os.symlink(f, small / pathlib.Path(f).name)
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(small), str(tmp / "small.zarr"),
-                           "--quiet"], capture_output=True, text=True)
-    cli_start = time.perf_counter() - t
+    starts = []
+    for i in range(3):  # from the shell, a fresh process each time; the median of three
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(small), str(tmp / f"small-{i}.zarr"),
+                               "--quiet"], capture_output=True, text=True)
+        starts.append(time.perf_counter() - t)
+    cli_start = float(np.median(starts))
     table = pd.DataFrame(rows).set_index("geometry")
     pd.set_option("display.width", 200)
-    print(f"{len(files)} images from {args.data}; {args.workers} workers; images/s in steady state (runs of N and 4N)")
+    print(f"{len(files)} images from {args.data}; {args.workers} workers; images/s in steady state (runs of N and 4N), "
+          f"median of {args.rounds} rounds")
     print(table.round(2).to_string())
-    print(f"\nstart-up: local cluster {cluster_start:.1f} s; `imgtools presize` on 10 images {cli_start:.1f} s "
+    print(f"\nstart-up: local cluster {cluster_start:.1f} s; `imgtools presize` on 10 images {cli_start:.1f} s (median of 3) "
           f"(exit {proc.returncode}: {proc.stdout.strip()})")
     print("\npayoff, 100 random 160x160 training images (median of 5 draws):")
     for name, seconds in payoff.items():

@@ -64,9 +64,11 @@ def split_member(origin: str) -> tuple[str, str, str]:
     --------
     >>> split_member("tar://cat/1.jpg::gs://b/shard-0.tar")
     ('tar', 'cat/1.jpg', 'gs://b/shard-0.tar')
+    >>> split_member("tar://cat/1.jpg::simplecache::gs://b/shard-0.tar")  # a chained archive URL stays whole
+    ('tar', 'cat/1.jpg', 'simplecache::gs://b/shard-0.tar')
     """
     proto, rest = origin.split("://", 1)
-    member, archive = rest.rsplit("::", 1)
+    member, archive = rest.split("::", 1)
     return proto, member, archive
 
 
@@ -102,18 +104,24 @@ def list_archive(fs: Any, path: str) -> list[tuple[str, int, int]]:
     StorageError
         When the storage kept failing after the retries.
     """
+    return [(name, offset, size) for name, offset, size, _ in _listing(fs, path)]
+
+
+def _listing(fs: Any, path: str) -> list[tuple[str, int, int, int | None]]:
+    """:func:`list_archive` with each tar member's header checksum (None for zip and compressed tars)."""
     return retry.call(lambda: _list_once(fs, path), f"listing {fs.unstrip_protocol(path)}")
 
 
-def _list_once(fs: Any, path: str) -> list[tuple[str, int, int]]:
+def _list_once(fs: Any, path: str) -> list[tuple[str, int, int, int | None]]:
     protocol, compressed = archive_kind(path) or (None, False)
     try:
         with fs.open(path, "rb", **({} if compressed else {"block_size": LIST_BLOCK})) as f:
             if protocol == "zip":
                 with zipfile.ZipFile(f) as zf:
-                    return [(i.filename, i.header_offset, i.compress_size) for i in zf.infolist() if not i.is_dir()]
+                    return [(i.filename, i.header_offset, i.compress_size, None) for i in zf.infolist() if not i.is_dir()]
             with tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
-                return [(m.name, -1, -1) if compressed else (m.name, m.offset_data, m.size) for m in _tar_members(tar)]
+                return [(m.name, -1, -1, None) if compressed else (m.name, m.offset_data, m.size, m.chksum)
+                        for m in _tar_members(tar)]
     except Exception as exc:
         if retry.is_transient(exc):
             raise
@@ -124,26 +132,28 @@ def _list_once(fs: Any, path: str) -> list[tuple[str, int, int]]:
 
 #: Archives whose index (member -> span) a process keeps, for reads that come without spans.
 INDEX_CACHE = 64
-_indexes: OrderedDict[tuple[str, str], dict[str, tuple[int, int]]] = OrderedDict()
+_indexes: OrderedDict[tuple[str, str], dict[str, tuple[int, int, int | None]] | Exception] = OrderedDict()
 _indexes_lock = threading.Lock()
 
 
-def _index(archive: str, options: dict, fresh: bool = False) -> dict[str, tuple[int, int]] | Exception:
+def _index(archive: str, options: dict, fresh: bool = False) -> dict[str, tuple[int, int, int | None]] | Exception:
     """member -> span of an archive (its first copy, as in the listing), listed once per process and
     again when ``fresh``; or the error that listing it raised. No request per read: a shard rewritten in
     place is noticed by the headers the reads check (see :func:`read_members`)."""
-    key = (archive, json.dumps(options, sort_keys=True))
+    key = (archive, json.dumps(options, sort_keys=True, default=repr))
     with _indexes_lock:
         if not fresh and key in _indexes:
             _indexes.move_to_end(key)
             return _indexes[key]
+    index: dict[str, tuple[int, int, int | None]] | Exception = {}
     try:
         fs, path = url_to_fs(archive, **options)
-        index: dict[str, tuple[int, int]] = {}
-        for name, offset, size in list_archive(fs, path):
-            index.setdefault(name, (offset, size))
+        for name, offset, size, chksum in _listing(fs, path):
+            index.setdefault(name, (offset, size, chksum))  # type: ignore[union-attr]
     except Exception as exc:
-        return exc
+        if retry.is_transient(exc):  # a hiccup is not remembered; an unreadable archive is
+            return exc
+        index = exc
     with _indexes_lock:
         _indexes[key] = index
         while len(_indexes) > INDEX_CACHE:
@@ -151,14 +161,13 @@ def _index(archive: str, options: dict, fresh: bool = False) -> dict[str, tuple[
     return index
 
 
-def _tar_header_names(block: bytes, member: str, size: int) -> bool:
-    """Whether the 512-byte tar header before a member's data describes that member (a long name is
-    truncated in it, so its start must match)."""
+def _tar_header_is(block: bytes, chksum: int | None) -> bool:
+    """Whether the 512-byte block before a member's data is still the header it was listed with (its
+    checksum covers the name, size and dates as stored, whatever the tar format)."""
     try:
-        info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+        return len(block) == 512 and tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape").chksum == chksum
     except tarfile.HeaderError:
         return False
-    return info.size == size and bool(info.name) and member.startswith(info.name)
 
 
 class _Stale(Exception):
@@ -169,6 +178,8 @@ def _zip_data(raw: bytes, size: int, member: str | None = None) -> bytes | int:
     """A zip member's bytes from a read starting at its local header; the length to read instead when
     the local extra field made ``raw`` too short. With ``member``, the header must name it (else
     :class:`_Stale`)."""
+    if member is not None and len(raw) < _ZIP_LOCAL.size:  # past the end of a shorter archive
+        raise _Stale(member)
     sig, _, flags, method, _, _, _, _, _, name_len, extra_len = _ZIP_LOCAL.unpack_from(raw)
     if member is not None:
         name = raw[_ZIP_LOCAL.size : _ZIP_LOCAL.size + name_len].decode("utf-8" if flags & 0x800 else "cp437", "replace")
@@ -263,14 +274,17 @@ def _read_ranged(archive: str, rows: list[tuple[int, str, str, int, int, bool]],
     cached index and are checked against their headers; those that meet a header naming another
     member are read once more at the spans of a fresh listing (``fresh``), which are trusted."""
     index = _index(archive, options, fresh) if any(check for *_, check in rows) else {}
-    todo = []
+    todo, sums = [], {}
     for i, proto, member, offset, size, check in rows:
         if check and isinstance(index, Exception):
             out[i] = index
         elif check and member not in index:
             out[i] = FileNotFoundError(f"{member!r} is not in {archive}")
-        else:  # a span from a fresh listing is trusted as it is
-            todo.append((i, proto, member, *(index[member] if check else (offset, size)), check and not fresh))
+        elif check:  # a span from a fresh listing is trusted as it is
+            offset, size, sums[i] = index[member]  # type: ignore[index]
+            todo.append((i, proto, member, offset, size, not fresh))
+        else:
+            todo.append((i, proto, member, offset, size, False))
     if not todo:
         return
     try:
@@ -282,10 +296,12 @@ def _read_ranged(archive: str, rows: list[tuple[int, str, str, int, int, bool]],
         fs, path, got = None, None, [exc] * len(todo)
     stale = []
     for (i, proto, member, offset, size, check), raw in zip(todo, got):
-        if isinstance(raw, Exception):
+        if isinstance(raw, Exception) and check and not retry.is_transient(raw):
+            stale.append((i, proto, member, -1, -1, True))  # e.g. a range past the end of a shorter archive
+        elif isinstance(raw, Exception):
             out[i] = raw
         elif proto == "tar" and check:
-            if _tar_header_names(raw[:512], member, size):
+            if _tar_header_is(raw[:512], sums[i]) and len(raw) == 512 + size:
                 out[i] = raw[512:]
             else:
                 stale.append((i, proto, member, -1, -1, True))

@@ -125,6 +125,8 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
         return None  # a folder or manifest (whose name may hold [, ? or *)
     found = []
     for url in urls:
+        if _GLOB & set(url) and "::" in url:
+            raise SourceError(f"SOURCE {url!r}: a glob of chained URLs is not supported; give the shards as a list")
         if _GLOB & set(url):
             try:
                 fs, pattern = url_to_fs(url, **storage_options)
@@ -133,10 +135,14 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
                 raise
             except Exception as exc:
                 raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
-        elif "://" in url or "::" in url:  # a URL (maybe chained, simplecache::gs://...) stays as given
+        elif "::" in url:  # a chained URL (simplecache::gs://...) stays as given
             found.append(url)
-        else:  # a local path, made absolute: a relative one would not name the file on a worker elsewhere
-            found.append(url_to_fs(url)[0].unstrip_protocol(posixpath.abspath(url)))
+        else:  # a full URL, like a glob's matches: a relative path would not name the file on a worker
+            try:
+                fs, path = url_to_fs(url, **storage_options)
+            except Exception as exc:
+                raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
+            found.append(fs.unstrip_protocol(path))
     if not found:
         raise SourceError(f"SOURCE {source!r} matches no archives")
     odd = [u for u in found if archives.archive_kind(u) is None]

@@ -21,7 +21,7 @@ import pandas as pd
 from fsspec.core import url_to_fs
 
 from . import retry
-from .errors import ConfigError, SourceError
+from .errors import ConfigError, SourceError, StorageError
 from .sources import read_bytes
 
 __all__ = ["sync", "SyncReport"]
@@ -99,7 +99,9 @@ def _same_by_reading(rel: str, src_info, dst_info, src, dst) -> bool:
     for (fs, root, _), info in ((src, src_info), (dst, dst_info)):
         try:
             sums.append(_md5_of_info(info) or _md5(fs, posixpath.join(root, rel)))
-        except Exception:
+        except Exception as exc:
+            if retry.is_transient(exc):  # the storage is down: stop, a re-run resumes
+                raise
             return False
     return sums[0] == sums[1]
 
@@ -122,11 +124,11 @@ def _write_all(fs, files: dict[str, bytes], what: str) -> dict[str, str]:
     failed = {}
     for path, data in files.items():
         try:
-            fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            fs.pipe_file(path, data)
+            retry.call(lambda: (fs.makedirs(posixpath.dirname(path), exist_ok=True), fs.pipe_file(path, data)),
+                       f"writing {path}")
+        except StorageError:
+            raise
         except Exception as exc:
-            if retry.is_transient(exc):
-                raise
             failed[path] = f"write failed: {type(exc).__name__}: {exc}"
     return failed
 

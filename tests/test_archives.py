@@ -251,3 +251,47 @@ def test_a_dropped_connection_while_listing_or_reading_an_archive_is_retried_not
     flaky_fs.faults["open"] = 99  # down for good: a storage error (exit 1, resumable), not "cannot be read"
     with pytest.raises(StorageError, match="still failing"):
         list_source(f"flaky://{archive}")
+
+
+@pytest.mark.parametrize("kind", ["tar", "tar.gz", "zip-stored"])
+def test_a_chained_archive_url_keeps_its_chain_in_every_origin(kind, tmp_path):
+    files = [(f"img/{i}.jpg", b"x%d" % i) for i in range(3)]
+    archive = make_archive(kind, files, tmp_path)
+    url = f"simplecache::file://{archive}"
+    listing = list_source(url, storage_options={"simplecache": {"cache_storage": str(tmp_path / "cache")}})
+    assert all(o.endswith(f"::{url}") for o in listing.items["origin"])
+    assert read_bytes(list(listing.items["origin"])) == [d for _, d in files]  # without spans too
+    with pytest.raises(SourceError, match="glob of chained URLs"):
+        list_source(f"simplecache::file://{tmp_path}/*.tar")
+
+
+def test_a_local_archive_path_with_a_tilde_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_archive("tar", [("a/1.jpg", b"one")], tmp_path, name="home")
+    assert list(list_source("~/home.tar").items["origin"]) == [f"tar://a/1.jpg::file://{tmp_path}/home.tar"]
+
+
+def test_members_read_without_spans_are_listed_once_whatever_their_names(tmp_path, monkeypatch):
+    from imgtools import archives
+
+    files = [("cls/café.jpg", b"accent"), ("cls/" + "long" * 40 + ".jpg", b"long name"), ("cls/plain.jpg", b"plain")]
+    real = archives._listing
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        path = tmp_path / f"names-{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as tar:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        listings = []
+        monkeypatch.setattr(archives, "_listing", lambda fs, p, real=real: listings.append(p) or real(fs, p))
+        for _ in range(3):
+            assert read_bytes([f"tar://{name}::{path}" for name, _ in files]) == [d for _, d in files]
+        assert len(listings) == 1, (fmt, listings)
+
+
+def test_a_zip_rewritten_shorter_is_listed_again_not_a_failure(tmp_path):
+    big = make_archive("zip-stored", [("pad/x.jpg", b"p" * 5000), ("img/a.jpg", b"one")], tmp_path)
+    assert read_bytes([f"zip://img/a.jpg::{big}"]) == [b"one"]
+    make_archive("zip-stored", [("img/a.jpg", b"two")], tmp_path)  # the old span now lies past the end
+    assert read_bytes([f"zip://img/a.jpg::{big}"]) == [b"two"]

@@ -148,3 +148,16 @@ def test_one_image_listed_with_two_masks_is_refused_for_files_and_kept_twice_in_
     assert report.ok == 4
     arrays = imgtools.presize(str(scenes / "twice.csv"), str(tmp_path / "z"), sizes=[32], workers=0, progress=False)
     assert arrays.failed == 1  # the first image with the second's mask: sizes differ, that row fails with why
+
+
+def test_masks_of_two_images_that_meet_in_the_mask_tree_are_refused(scenes, tmp_path):
+    from imgtools.errors import ConfigError
+
+    for name in ("a.jpg", "a.jpg.png"):  # images a.jpg and a.jpg.png: masks a.jpg.png and a.jpg.png
+        (scenes / "images" / name).write_bytes((scenes / "images" / "k0" / "s00.png").read_bytes())
+        (scenes / "masks" / name).write_bytes((scenes / "masks" / "k0" / "s00.png").read_bytes())
+    pd.DataFrame({"path": ["images/a.jpg", "images/a.jpg.png"], "mask": ["masks/a.jpg", "masks/a.jpg.png"]}).to_csv(
+        scenes / "meet.csv", index=False)
+    with pytest.raises(ConfigError, match=r"a\.jpg\.png \(mask\)"):
+        imgtools.presize(str(scenes / "meet.csv"), str(tmp_path / "o"), sizes=[32], format="jpeg", workers=0,
+                         progress=False)

@@ -245,3 +245,12 @@ def test_sync_stops_on_a_storage_outage_instead_of_failing_every_file(labelled_d
     flaky_fs.faults["pipe_file"] = 0
     report = sync(str(labelled_dir), f"flaky://{tmp_path}/dst", progress=False)  # back up: resumes
     assert (report.copied + report.skipped, report.failed) == (80, 0)
+
+
+def test_sync_stops_when_the_files_it_must_hash_cannot_be_read(labelled_dir, tmp_path, flaky_fs):
+    from imgtools.errors import StorageError
+
+    sync(str(labelled_dir), f"flaky://{tmp_path}/dst", progress=False)  # there, same sizes, no MD5 listed
+    flaky_fs.faults["open"] = 10_000
+    with pytest.raises(StorageError, match="still failing"):
+        sync(str(labelled_dir), f"flaky://{tmp_path}/dst", progress=False)

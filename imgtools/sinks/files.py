@@ -60,15 +60,20 @@ class ImageFileSink(Sink):
 
     def _check_items(self, items: pd.DataFrame) -> None:
         """Two different inputs that would be written to one file (the same path in two shards, ``./a``
-        and ``a``, ``a.png`` beside ``a.png.jpg``, one image listed with two masks) are refused, naming
-        both; the same input listed twice is one file."""
+        and ``a``, ``a.png`` beside ``a.png.jpg``, one image listed with two masks, ``x.jpg`` beside
+        ``x.jpg.png`` in the PNG tree of masks) are refused, naming both; the same input twice is one file."""
         seen: dict[str, tuple] = {}
         masks = items["mask"] if "mask" in items.columns else [None] * len(items)
         for origin, relpath, mask in zip(items["origin"], items["relpath"], masks):
-            name = output_relpath(relpath, self.config.format)
-            first = seen.setdefault(name, (origin, mask))
-            if first != (origin, mask):
-                what = f"{origin!r} with masks {first[1]!r} and {mask!r}" if first[0] == origin else f"{first[0]!r} and {origin!r}"
+            names = [output_relpath(relpath, self.config.format)]
+            if self.config.masks:
+                names.append(f"{output_relpath(relpath, OutputFormat.PNG)} (mask)")
+            for name in names:
+                first = seen.setdefault(name, (origin, mask))
+                if first == (origin, mask):
+                    continue
+                what = (f"{origin!r} with masks {first[1]!r} and {mask!r}" if first[0] == origin
+                        else f"{first[0]!r} and {origin!r}")
                 raise ConfigError(f"inputs {what} would both be written to {name!r}: image-file outputs are named "
                                   "by relative path; make the paths unique, or write zarr/npy")
 

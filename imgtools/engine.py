@@ -22,7 +22,7 @@ from .sinks.base import Chunk, Sink
 from . import retry
 from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, read_bytes, spans_of
 
-__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values", "is_moved",
+__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values", "result_columns",
            "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
 
 #: Manifest columns, in order.
@@ -170,13 +170,17 @@ def previous_values(previous: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     ``index``, ``origin`` and labels always come from the current listing)."""
     if previous is None or previous.empty:
         return {}
-    cols = [c for c in previous.columns if c in RESULT_COLUMNS or is_moved(c)]
-    return {rel: {c: (None if pd.isna(v) else v) for c, v in zip(cols, vals)}
-            for rel, vals in zip(previous["relpath"], previous[cols].itertuples(index=False))}
+    columns = result_columns(previous)
+    return {rel: {c: values[k] for c, values in columns.items()} for k, rel in enumerate(previous["relpath"])}
 
 
-def is_moved(column: str) -> bool:
-    """Whether a manifest column holds coordinates moved to one size (``points_64x64``)."""
+def result_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:
+    """The columns of manifest rows that an image's processing decided (status, sizes, moved
+    coordinates), in row order, missing values as None."""
+    return {c: [None if pd.isna(v) else v for v in rows[c]] for c in rows.columns if c in RESULT_COLUMNS or _is_moved(c)}
+
+
+def _is_moved(column: str) -> bool:
     return column.split("_", 1)[0] in PAIRED_COLUMNS and "_" in column
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import sys
@@ -22,7 +23,7 @@ from ._version import __version__
 from .cluster import client_for_run, current_client, dashboard_link, get_client
 from .config import PresizeConfig, Size
 from .errors import ConfigError
-from .engine import RESULT_COLUMNS, is_moved, manifest_frame, process_chunk, process_one
+from .engine import manifest_frame, process_chunk, process_one, result_columns
 from .memory import tune_allocator
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
@@ -224,9 +225,7 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional
         if (marker is not None and len(marker) == len(part) and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
                 and (positional or (marker["status"] == "ok").all())):
             # the marker's rows are the chunk's, in order: take them by position (a relpath may repeat)
-            cols = [c for c in marker.columns if c in RESULT_COLUMNS or is_moved(c)]
-            values = {c: [None if pd.isna(v) else v for v in marker[c]] for c in cols}
-            parts[i] = manifest_frame(part.assign(**values))
+            parts[i] = manifest_frame(part.assign(**result_columns(marker)))
             continue
         reuse = None if reusable is None else reusable[reusable["relpath"].isin(part["relpath"])]
         todo.append((i, part, None if reuse is None or reuse.empty else reuse))
@@ -272,24 +271,30 @@ def _tasks(todo: list, items: pd.DataFrame, chunk: int) -> list[list]:
     compressed tar its predecessor ended in joins that task when reaching its first member afresh would
     mean decompressing at least a chunk's worth of members before it; so a big ``.tar.gz`` is
     decompressed once, in order, and many small ones still run side by side."""
-    starts: dict[str, int] = {}  # archive -> listing index of its first member
-    for index, origin in zip(items["index"], items["origin"]):
-        if archives.is_member(origin):
-            starts.setdefault(archives.split_member(origin)[2], int(index))
+    starts = functools.cache(lambda: _archive_starts(items))  # listed only when a compressed tar needs it
     tasks: list[list] = []
     last = None
     for entry in todo:
         part = entry[1]
         head = part["origin"].iloc[0]
         first = archives.split_member(head)[2] if archives.is_member(head) else None
-        skip = int(part["index"].iloc[0]) - starts.get(first, 0) if first is not None else 0
-        if tasks and first is not None and first == last and archives.is_stream(first) and skip >= chunk:
+        if (tasks and first is not None and first == last and archives.is_stream(first)
+                and int(part["index"].iloc[0]) - starts()[first] >= chunk):
             tasks[-1].append(entry)
         else:
             tasks.append([entry])
         tail = part["origin"].iloc[-1]
         last = archives.split_member(tail)[2] if archives.is_member(tail) else None
     return tasks
+
+
+def _archive_starts(items: pd.DataFrame) -> dict[str, int]:
+    """archive URL -> listing index of its first member."""
+    starts: dict[str, int] = {}
+    for index, origin in zip(items["index"], items["origin"]):
+        if archives.is_member(origin):
+            starts.setdefault(archives.split_member(origin)[2], int(index))
+    return starts
 
 
 def _run_task(task: list, config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:

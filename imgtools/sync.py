@@ -22,6 +22,7 @@ from fsspec.core import url_to_fs
 
 from . import retry
 from .errors import ConfigError, SourceError, StorageError
+from .sinks.base import write_files
 from .sources import read_bytes
 
 __all__ = ["sync", "SyncReport"]
@@ -93,10 +94,10 @@ def _same(src_info: dict[str, Any], dst_info: dict[str, Any] | None) -> bool | N
 
 
 def _same_by_reading(rel: str, src_info, dst_info, src, dst) -> bool:
-    """The MD5s, computed block by block where a listing states none; a file that cannot be read to
-    compare is copied again."""
+    """The MD5s, computed block by block where a listing states none (``src`` and ``dst`` are
+    ``(filesystem, root)``); a file that cannot be read to compare is copied again."""
     sums = []
-    for (fs, root, _), info in ((src, src_info), (dst, dst_info)):
+    for (fs, root), info in ((src, src_info), (dst, dst_info)):
         try:
             sums.append(_md5_of_info(info) or _md5(fs, posixpath.join(root, rel)))
         except Exception as exc:
@@ -110,13 +111,8 @@ def _write_all(fs, files: dict[str, bytes], what: str) -> dict[str, str]:
     """Write ``files`` (path -> bytes) in one concurrent call, retried on transient errors; when the
     batch fails for good, each file alone, so that one refused file is that file's failure. Returns
     path -> reason of the files that could not be written."""
-    def batch() -> None:
-        for folder in {posixpath.dirname(p) for p in files}:
-            fs.makedirs(folder, exist_ok=True)
-        fs.pipe(files)
-
     try:
-        retry.call(batch, f"writing {len(files)} files to {what}")
+        retry.call(lambda: write_files(fs, files), f"writing {len(files)} files to {what}")
         return {}
     except Exception as exc:
         if retry.is_transient(exc):  # the storage is down, not a file refused: stop, a re-run resumes
@@ -182,7 +178,7 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
     except Exception as exc:
         raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
     src_root = src_root.rstrip("/") if not src_fs.isfile(src_root) else posixpath.dirname(src_root)
-    sides = ((src_fs, src_root, src_opts), (dst_fs, dst_root, dst_opts))
+    sides = ((src_fs, src_root), (dst_fs, dst_root))
     same = {rel: _same(info, dst_files.get(rel)) for rel, info in src_files.items()}
     unsure = [rel for rel, known in same.items() if known is None]
     with ThreadPoolExecutor(parallel * 4) as pool:  # the files to hash, side by side, a batch at a time

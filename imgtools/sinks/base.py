@@ -27,7 +27,7 @@ from fsspec.core import url_to_fs
 from ..config import OutputFormat, PresizeConfig
 from ..errors import DestinationError
 
-__all__ = ["Chunk", "Sink", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "ATTRS_FILE", "LOCK_TTL"]
+__all__ = ["Chunk", "Sink", "write_files", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "ATTRS_FILE", "LOCK_TTL"]
 
 JOB_FILE = ".imgtools/job.json"
 LOCK_FILE = ".imgtools/lock.json"
@@ -68,6 +68,15 @@ class Chunk:
             if arr is not None:
                 out[i] = arr
         return out
+
+
+def write_files(fs, files: dict[str, bytes]) -> None:
+    """Write many files (bytes by path) in one call: each folder is made once, and the files go in one
+    ``fs.pipe``, which async filesystems (gcsfs, s3fs) send concurrently."""
+    for folder in sorted({posixpath.dirname(path) for path in files}):
+        fs.makedirs(folder, exist_ok=True)
+    if files:
+        fs.pipe(files)
 
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -113,13 +122,8 @@ class Sink(abc.ABC):
         self.fs.pipe_file(path, data)
 
     def put_all(self, files: dict[str, bytes]) -> None:
-        """Write many files (bytes by relative path) in one call: each folder is made once, and the files
-        go in one ``fs.pipe``, which async filesystems (gcsfs, s3fs) send concurrently."""
-        paths = {self.path(relpath): data for relpath, data in files.items()}
-        for folder in sorted({posixpath.dirname(path) for path in paths}):
-            self.fs.makedirs(folder, exist_ok=True)
-        if paths:
-            self.fs.pipe(paths)
+        """Write many files (bytes by relative path) in one call (see :func:`write_files`)."""
+        write_files(self.fs, {self.path(relpath): data for relpath, data in files.items()})
 
     # ---- client side -------------------------------------------------------------------------------
     def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False) -> pd.DataFrame:

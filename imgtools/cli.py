@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="folder", choices=_choices(LabelSource))
     p.add_argument("--chunk", type=int, help="images per chunk and per task (default: 16-256, about 16 MiB a chunk)")
     p.add_argument("--resample", default="bicubic", choices=_choices(Resample))
-    p.add_argument("--compression", default="lz4", choices=_choices(Compression), help="zarr chunk codec (default lz4)")
+    p.add_argument("--compression", default="none", choices=_choices(Compression),
+                   help="zarr chunk codec (default none: one image reads as one byte range)")
     p.add_argument("--background", default="white", help="colour under transparent pixels (default white)")
     p.add_argument("--pad-color", default="black", help="colour of the padding in --mode pad (default black)")
     p.add_argument("--only-if-bigger", action="store_true", help="never enlarge an image")

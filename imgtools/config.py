@@ -108,11 +108,13 @@ class Resample(_Choice):
 
 
 class Compression(_Choice):
-    """The codec of zarr chunks (natural photos barely compress: speed matters more than ratio)."""
+    """The codec of zarr chunks. Natural photos barely compress (Blosc LZ4 saves 9% on ImageNet photos at
+    64 and 224 pixels), and a chunk stored as it is lets one image be read as one byte range, so random
+    access costs one image instead of a whole chunk: that is the default."""
 
-    LZ4 = "lz4"  #: Blosc LZ4, the default: about 4x faster to write than zstd for 2-12% more bytes
+    NONE = "none"  #: the default: pixels as they are, byte-addressable (random access costs one image)
+    LZ4 = "lz4"  #: Blosc LZ4: about 4x faster to write than zstd for 2-12% more bytes
     ZSTD = "zstd"
-    NONE = "none"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -226,7 +228,7 @@ class PresizeConfig:
     labels: LabelSource = LabelSource.FOLDER
     chunk: int = 256
     resample: Resample = Resample.BICUBIC
-    compression: Compression = Compression.LZ4
+    compression: Compression = Compression.NONE
     background: tuple[int, int, int] = (255, 255, 255)
     pad_color: tuple[int, int, int] = (0, 0, 0)
     only_if_bigger: bool = False
@@ -266,7 +268,7 @@ class PresizeConfig:
         labels: str | LabelSource = LabelSource.FOLDER,
         chunk: int | None = None,
         resample: str | Resample = Resample.BICUBIC,
-        compression: str | Compression = Compression.LZ4,
+        compression: str | Compression = Compression.NONE,
         background: str | Sequence[int] = (255, 255, 255),
         pad_color: str | Sequence[int] = (0, 0, 0),
         only_if_bigger: bool = False,

@@ -1,12 +1,21 @@
 """Reading results back: ``open(dest)`` -> a dataset of arrays, labels, manifest, training batches and a
-contact sheet, for every output form (zarr, npy, image files)."""
+contact sheet, for every output form (zarr, npy, image files), local or in a bucket.
+
+Contract: a :class:`Dataset` is a map-style dataset for PyTorch over the **ok** images only (``len(ds)`` counts
+them, ``ds[j]`` is the ``j``-th ok image and ``ds.rows[j]`` its manifest row), so failed inputs never reach a
+training loop; ``ds.view(failed=True)`` exposes every row. Pixels come from :mod:`imgtools.store` (one image
+costs about one image; remote chunks cached on local disk), so a Dataset pickles into DataLoader workers and
+re-opens its handles there."""
 
 from __future__ import annotations
 
+import copy
 import io
+import json
+import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,60 +24,130 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from . import kernels
-from .config import PresizeConfig, parse_size
+from .chunkcache import BoundCache, DiskCache
+from .config import OutputFormat, PresizeConfig, parse_size
 from .errors import ConfigError, SourceError, UnsupportedError
-from .sinks import MANIFEST, NpySink, ZarrSink, make_sink
-from .sinks.files import output_relpath
+from .location import Location
+from .sinks import MANIFEST
+from .sinks.base import ATTRS_FILE
+from .sinks.zarr_sink import ZarrSink
+from .store import PREFETCH, Reader, make_reader
 
 __all__ = ["Dataset", "open", "save_png", "read_images", "to_array", "from_array", "IMAGE_SCHEMA", "OCV_TYPES"]
 
 _LAYOUTS = ("NHWC", "NCHW")
 
 
+def read_attrs(location: Location) -> dict[str, Any] | None:
+    """The ``imgtools`` attributes of a finished output at ``location`` (zarr keeps them in the group's
+    ``zarr.json``, the other forms in ``imgtools.json``), or None when it is not one."""
+    for name, pick in ((ATTRS_FILE, lambda d: d), ("zarr.json", lambda d: d.get("attributes") or {})):
+        try:
+            attrs = pick(json.loads(location.fs.cat_file(location.path(name))))
+        except (FileNotFoundError, ValueError):
+            continue
+        if isinstance(attrs, dict) and "imgtools" in attrs:
+            return attrs["imgtools"]
+    return None
+
+
+def _disk_cache(cache: DiskCache | str | os.PathLike | bool | None) -> DiskCache | None:
+    if cache is False:
+        return None
+    if cache is None or cache is True:
+        return DiskCache()
+    return cache if isinstance(cache, DiskCache) else DiskCache(cache)
+
+
 class Dataset:
-    """A finished imgtools output. Also a map-style dataset for PyTorch (``len(ds)``, ``ds[i]`` ->
-    ``(image, label)``) without importing torch.
+    """A finished imgtools output. Also a map-style dataset for PyTorch over its ok images
+    (``len(ds)``, ``ds[j]`` -> ``(image, label)``, writable uint8 HWC arrays) without importing torch.
 
     Examples
     --------
     >>> ds = imgtools.open("out/sample.zarr")                      # doctest: +SKIP
+    >>> loader = DataLoader(ds.view("64x64"), batch_size=256, shuffle=True, num_workers=8)  # doctest: +SKIP
     >>> for x, y in ds.batches("64x64", batch_size=256):           # doctest: +SKIP
     ...     pass
     """
 
-    def __init__(self, dest: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, dest: str, storage_options: dict[str, Any] | None = None,
+                 cache: DiskCache | str | os.PathLike | bool | None = None):
         self.dest = str(dest)
-        for fmt in ("zarr", "npy", "jpeg"):
-            probe = make_sink(self.dest, PresizeConfig.build(format=fmt), storage_options)
-            attrs = probe.read_attrs()
-            if attrs and "imgtools" in attrs and probe.fs.exists(probe.path(MANIFEST)):
-                break
-        else:
+        self.location = Location.resolve(self.dest, storage_options)
+        info = read_attrs(self.location)
+        manifest_path = self.location.path(MANIFEST)
+        if info is None or not self.location.fs.exists(manifest_path):
             raise SourceError(f"DEST {self.dest!r} is not a complete imgtools output (no manifest and attributes)")
-        info = attrs["imgtools"]
         self.config = PresizeConfig.from_dict(info["config"])
-        self.sink = make_sink(self.dest, self.config, storage_options)
         self.sizes: list[str] = list(info["sizes"])
         self.label_names: list[str] = list(info["label_names"])
-        with self.sink.fs.open(self.sink.path(MANIFEST), "rb") as f:
+        with self.location.fs.open(manifest_path, "rb") as f:
             self.manifest: pd.DataFrame = pd.read_parquet(f)
         self.labels: np.ndarray = self.manifest["label_id"].to_numpy(np.int32)
         self.ok: np.ndarray = (self.manifest["status"] == "ok").to_numpy()
-        self._last_part: tuple[Any, Any] = (None, None)
+        disk = _disk_cache(cache)
+        bound: BoundCache | None = None
+        if disk is not None and not self.location.local:
+            token = self.location.fs.ukey(manifest_path) + json.dumps(info, sort_keys=True)
+            bound = disk.bind(self.location.fs.unstrip_protocol(self.location.root), token)
+        self.reader: Reader = make_reader(self.location, self.config.format, self.sizes if self.config.format.is_array
+                                          else [], self.config.chunk, list(self.manifest["relpath"]), self.ok,
+                                          disk=bound)
+        #: the size ``ds[j]`` reads (the first one unless :meth:`view` says otherwise)
+        self.size: str = self.sizes[0]
+        #: manifest rows of the images ``ds[j]`` reads: the ok ones unless :meth:`view` says otherwise
+        self.rows: np.ndarray = np.flatnonzero(self.ok)
+        self.transform: Callable[[np.ndarray], Any] | None = None
 
     def __repr__(self) -> str:
-        return (f"<imgtools.Dataset {self.dest}: {len(self)} images ({int(self.ok.sum())} ok), "
+        return (f"<imgtools.Dataset {self.dest}: {len(self.manifest)} images ({int(self.ok.sum())} ok), "
                 f"sizes {', '.join(self.sizes)}, {len(self.label_names)} labels, {self.config.format.value}>")
 
-    def __len__(self) -> int:
-        return len(self.manifest)
+    def view(self, size: str | None = None, failed: bool = False,
+             transform: Callable[[np.ndarray], Any] | None = None) -> "Dataset":
+        """The same output, read at ``size``, over every row (``failed=True``: failed rows are zeros, or
+        None for image files) or the ok ones, with ``transform`` applied to each image of ``ds[j]``.
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} is out of range for {len(self)} images")
-        i %= len(self)
-        return self._read(self.sizes[0], i, i + 1)[0], int(self.labels[i])
+        Examples
+        --------
+        >>> train = imgtools.open("out/sample.zarr").view("224x224", transform=torchvision.transforms.ToTensor())  # doctest: +SKIP
+        >>> DataLoader(train, batch_size=64, shuffle=True, num_workers=2)                                        # doctest: +SKIP
+        """
+        out = copy.copy(self)
+        out.size = self._size(size)
+        out.rows = np.arange(len(self.manifest)) if failed else np.flatnonzero(self.ok)
+        out.transform = transform
+        return out
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> tuple[Any, int]:
+        j = int(j)
+        if not -len(self) <= j < len(self):
+            raise IndexError(f"index {j} is out of range for {len(self)} images")
+        row = int(self.rows[j])
+        img = self.reader.image(self.size, row)
+        return (img if self.transform is None else self.transform(img)), int(self.labels[row])
+
+    def __getitems__(self, js: Sequence[int]) -> list[tuple[Any, int]]:
+        """Many items at once (PyTorch's DataLoader calls this for a batch): one read per chunk touched."""
+        if not self.config.format.is_array:
+            return [self[j] for j in js]
+        rows = self.rows[np.asarray(js, np.int64)]
+        imgs = self.reader.gather(self.size, rows)
+        labels = self.labels[rows].tolist()
+        if self.transform is not None:
+            return [(self.transform(img), y) for img, y in zip(imgs, labels)]
+        return list(zip(imgs, labels))
+
+    def image(self, row: int, size: str | None = None) -> np.ndarray | None:
+        """The image of manifest row ``row`` at ``size``, ok or not (zeros, or None for image files, where it
+        failed)."""
+        if not 0 <= row < len(self.manifest):
+            raise IndexError(f"row {row} is out of range for {len(self.manifest)} rows")
+        return self.reader.image(self._size(size), int(row))
 
     def _size(self, size: str | None) -> str:
         size = size or self.sizes[0]
@@ -82,50 +161,58 @@ class Dataset:
         s = parse_size(size)
         return s.height, s.width
 
-    def _read(self, size: str, start: int, stop: int) -> np.ndarray | list[np.ndarray]:
-        """Images ``start:stop`` of one size (zeros, or None for files, where an image failed)."""
-        if isinstance(self.sink, ZarrSink):
-            return self.sink.group("r")[f"{size}/images"][start:stop]
-        if isinstance(self.sink, NpySink):
-            chunk = self.config.chunk
-            parts = [self._part(size, k) for k in range(start // chunk, (stop - 1) // chunk + 1)]
-            base = (start // chunk) * chunk
-            return np.concatenate(parts)[start - base : stop - base]
-        out = []
-        for rel, ok in zip(self.manifest["relpath"].iloc[start:stop], self.ok[start:stop]):
-            if not ok:
-                out.append(None)
-                continue
-            with self.sink.fs.open(self.sink.path(size, output_relpath(rel, self.config.format)), "rb") as f:
-                out.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
-        return out
-
-    def _part(self, size: str, k: int) -> np.ndarray:
-        """One npy part, the last one kept: map-style reads in order load each part once."""
-        if self._last_part[0] != (size, k):
-            self._last_part = ((size, k), self.sink.read_part(size, k))  # type: ignore[union-attr]
-        return self._last_part[1]
-
     def images(self, size: str | None = None):
         """All images of one fixed size as a lazy dask array (N, H, W, 3), chunked as stored."""
         import dask
         import dask.array as da
 
         size = self._size(size)
-        if isinstance(self.sink, ZarrSink):
-            return da.from_zarr(self.sink.group("r")[f"{size}/images"])
         h, w = self._shape(size)
-        chunk, n = self.config.chunk, len(self)
-        blocks = [da.from_delayed(dask.delayed(self._fixed)(size, s, min(s + chunk, n)), (min(chunk, n - s), h, w, 3),
-                                  dtype=np.uint8) for s in range(0, n, chunk)]
+        chunk, n = self.config.chunk, len(self.manifest)
+        if self.config.format is OutputFormat.ZARR:
+            return da.from_zarr(ZarrSink.open_group(self.location)[f"{size}/images"])
+        read = self.reader.chunk_images if self.config.format.is_array else self._chunk
+        blocks = [da.from_delayed(dask.delayed(read)(size, k), (self.reader.rows_of(k), h, w, 3), dtype=np.uint8)
+                  for k in range(-(-n // chunk))]
         return da.concatenate(blocks)
 
-    def _fixed(self, size: str, start: int, stop: int) -> np.ndarray:
-        got = self._read(size, start, stop)
+    def _chunk(self, size: str, k: int) -> np.ndarray:
+        """Chunk ``k`` of a fixed size as one array (zeros where an image failed)."""
+        got = self.reader.chunk_images(size, k)
         if isinstance(got, np.ndarray):
             return got
         h, w = self._shape(size)
         return np.stack([np.zeros((h, w, 3), np.uint8) if a is None else a for a in got])
+
+    def chunks(self, size: str | None = None, order: Sequence[int] | None = None,
+               prefetch: int = PREFETCH) -> Iterator[tuple[int, np.ndarray]]:
+        """``(k, images of chunk k)`` for the chunks in ``order`` (all, in order, by default), reading up to
+        ``prefetch`` chunks ahead when the store is remote.
+
+        Examples
+        --------
+        >>> for k, x in ds.chunks("64x64"):          # doctest: +SKIP
+        ...     print(k, x.shape)
+        """
+        size = self._size(size)
+        order = list(range(-(-len(self.manifest) // self.config.chunk))) if order is None else [int(k) for k in order]
+        for pos, k in enumerate(order):
+            if prefetch:
+                self.reader.prefetch(size, order[pos + 1 : pos + 1 + prefetch])
+            yield k, self._chunk(size, k)
+
+    def stream(self, size: str | None = None, batch_size: int = 64, **options: Any):
+        """A PyTorch ``IterableDataset`` of shuffled ``(x, y)`` batches that reads whole chunks, shares them
+        equally among ranks and workers, and resumes mid-epoch: see :class:`imgtools.loaders.ChunkStream`.
+
+        Examples
+        --------
+        >>> stream = ds.stream("64x64", batch_size=64, seed=0)          # doctest: +SKIP
+        >>> loader = DataLoader(stream, batch_size=None, num_workers=2)  # doctest: +SKIP
+        """
+        from .loaders import ChunkStream
+
+        return ChunkStream(self.view(size), batch_size=batch_size, **options)
 
     def batches(self, size: str | None = None, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
                 normalize: tuple[Any, Any] | None = None, layout: str = "NHWC", drop_failed: bool = True,
@@ -146,18 +233,19 @@ class Dataset:
         if batch_size < 1:
             raise ConfigError(f"batch_size {batch_size!r} must be at least 1")
         rng = np.random.default_rng(seed)
-        chunk, n = self.config.chunk, len(self)
-        order = np.arange(0, n, chunk)
+        chunk = self.config.chunk
+        rows = self.rows if drop_failed else np.arange(len(self.manifest))
+        order = np.unique(rows // chunk)
         if shuffle:
             rng.shuffle(order)
         pending_x: list[np.ndarray] = []
         pending_i: list[np.ndarray] = []
+        chunks = self.chunks(size, order)
         for group in range(0, len(order), buffer_chunks):
             xs, idx = [], []
-            for start in order[group : group + buffer_chunks]:
-                stop = min(start + chunk, n)
-                keep = np.arange(start, stop)[self.ok[start:stop]] if drop_failed else np.arange(start, stop)
-                xs.append(self._fixed(size, start, stop)[keep - start])
+            for _, (k, x) in zip(range(buffer_chunks), chunks):
+                keep = rows[(rows >= k * chunk) & (rows < (k + 1) * chunk)]
+                xs.append(x[keep - k * chunk])
                 idx.append(keep)
             x, i = np.concatenate(xs), np.concatenate(idx)
             if shuffle:
@@ -201,7 +289,7 @@ class Dataset:
         sheet = Image.new("RGB", (cols * thumb + side_w, max(rows * cell_h, 16 + 12 * min(len(failed), 40))), "white")
         draw = ImageDraw.Draw(sheet)
         for k, i in enumerate(pick):
-            img = self._read(size, int(i), int(i) + 1)[0]
+            img = self.reader.image(size, int(i))
             tile = Image.fromarray(img)
             tile.thumbnail((thumb, thumb))
             x, y = (k % cols) * thumb, (k // cols) * cell_h

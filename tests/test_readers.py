@@ -34,8 +34,8 @@ def _key(img: np.ndarray) -> bytes:
 def test_batches_cover_every_ok_image_once_with_its_label(presized, batch_size, shuffle):
     ds = presized
     truth = {}
-    for i in np.flatnonzero(ds.ok):
-        img, label = ds[i]
+    for j in range(len(ds)):
+        img, label = ds[j]
         truth.setdefault(_key(img), []).append(label)
     seen = []
     for x, y in ds.batches("16x16", batch_size=batch_size, shuffle=shuffle, seed=3):
@@ -63,19 +63,34 @@ def test_normalised_channel_first_batches_match_the_kernels(presized):
         np.testing.assert_allclose(xn, kernels.hwc_to_chw(kernels.normalize_ref(x, mean, std)), atol=1e-5)
 
 
-def test_map_style_access_and_dask_array(presized):
+def test_map_style_access_covers_ok_images_only_and_the_dask_array_every_row(presized):
     ds = presized
-    assert len(ds) == 81 and ds.label_names == ["class0", "class1", "class2", "class3"]
+    failed = int(np.flatnonzero(~ds.ok)[0])
+    assert len(ds) == 80 and len(ds.manifest) == 81 and ds.label_names == ["class0", "class1", "class2", "class3"]
+    assert failed not in ds.rows and (ds.rows == np.flatnonzero(ds.ok)).all()
     img, label = ds[5]
-    assert img.shape == (16, 16, 3) and label == ds.labels[5]
+    assert img.shape == (16, 16, 3) and label == ds.labels[ds.rows[5]] and img.flags.writeable
     with pytest.raises(IndexError):
-        ds[81]
+        ds[80]
+    every = ds.view("24x12", failed=True)
+    assert len(every) == 81 and every[failed][0] is None if ds.config.format.value == "png" else not every[failed][0].any()
     arr = ds.images("24x12")
     assert arr.shape == (81, 12, 24, 3)
-    np.testing.assert_array_equal(arr[40].compute(), ds._fixed("24x12", 40, 41)[0])
+    np.testing.assert_array_equal(arr[int(ds.rows[40])].compute(), ds.image(int(ds.rows[40]), "24x12"))
+    np.testing.assert_array_equal(ds.view("24x12")[7][0], ds.image(int(ds.rows[7]), "24x12"))
     with pytest.raises(ConfigError, match="size '99x99' is not in"):
         ds.images("99x99")
     assert "81 images (80 ok)" in repr(ds)
+
+
+def test_batched_items_equal_single_items(presized):
+    view = presized.view("24x12", transform=lambda img: img[::-1])
+    picks = [3, 70, 4, 3, 41]
+    together = view.__getitems__(picks)
+    for j, (img, label) in zip(picks, together):
+        alone, alone_label = view[j]
+        np.testing.assert_array_equal(img, alone)
+        assert label == alone_label
 
 
 def test_contact_sheet_is_a_png_of_the_expected_size_listing_failures(presized, tmp_path):

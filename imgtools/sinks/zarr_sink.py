@@ -10,6 +10,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from ..config import Compression, OutputFormat
+from ..location import Location
 from .base import Chunk, Sink
 
 __all__ = ["ZarrSink"]
@@ -33,6 +34,12 @@ def _writable(group, name: str):
     return group[name].with_config(_WRITE_ALL)
 
 
+def _zarr_store(fs, root: str, storage_options: dict[str, Any]):
+    if isinstance(fs, LocalFileSystem):  # zarr's own local store makes folders as it writes
+        return zarr.storage.LocalStore(root)
+    return zarr.storage.FsspecStore.from_url(fs.unstrip_protocol(root), storage_options=storage_options or None)
+
+
 class ZarrSink(Sink):
     """A zarr v3 group, one chunk of ``config.chunk`` images per task; the group attributes come last."""
 
@@ -42,11 +49,13 @@ class ZarrSink(Sink):
         """The zarr group of this output."""
         return zarr.open_group(self._store(), mode=mode)
 
+    @staticmethod
+    def open_group(location: Location, mode: str = "r"):
+        """The zarr group at ``location``."""
+        return zarr.open_group(_zarr_store(location.fs, location.root, location.storage_options), mode=mode)
+
     def _store(self):
-        if isinstance(self.fs, LocalFileSystem):  # zarr's own local store makes folders as it writes
-            return zarr.storage.LocalStore(self.root)
-        return zarr.storage.FsspecStore.from_url(self.fs.unstrip_protocol(self.root),
-                                                 storage_options=self.storage_options or None)
+        return _zarr_store(self.fs, self.root, self.storage_options)
 
     def _create(self, items: pd.DataFrame) -> None:
         group = zarr.open_group(self._store(), mode="a", zarr_format=3)

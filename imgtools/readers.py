@@ -324,16 +324,22 @@ def save_png(image: Image.Image, url: str, storage_options: dict[str, Any] | Non
     fs.pipe_file(path, buf.getvalue())
 
 
-def open(dest: str, storage_options: dict[str, Any] | None = None) -> Dataset:  # noqa: A001 - the API name
+def open(dest: str, storage_options: dict[str, Any] | None = None,  # noqa: A001 - the API name
+         cache: DiskCache | str | os.PathLike | bool | None = None) -> Dataset:
     """Open a finished imgtools output (zarr, npy or image files) at a path or URL.
+
+    Chunks of a remote output are kept on local disk as they are read: ``cache`` is a
+    :class:`~imgtools.chunkcache.DiskCache` (or its folder); the default is ``~/.cache/imgtools`` (or
+    ``$IMGTOOLS_CACHE``), up to 20 GiB in all; ``False`` reads without it.
 
     Examples
     --------
     >>> ds = imgtools.open("out/sample.zarr")       # doctest: +SKIP
     >>> ds.images("64x64")                           # doctest: +SKIP
     dask.array<...>
+    >>> remote = imgtools.open("gs://bucket/out.zarr", cache=DiskCache("/mnt/ssd/cache", max_bytes=100 << 30))  # doctest: +SKIP
     """
-    return Dataset(dest, storage_options)
+    return Dataset(dest, storage_options, cache)
 
 
 #: Spark's image schema columns, in order.

@@ -285,3 +285,22 @@ def flaky_fs():
     FlakyFileSystem.faults.update(dict.fromkeys(FlakyFileSystem.faults, 0))
     yield FlakyFileSystem
     FlakyFileSystem.faults.update(dict.fromkeys(FlakyFileSystem.faults, 0))
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory) -> dict[str, str]:
+    """One labelled tree (80 images in 4 classes, and one broken file) presized to each array layout:
+    zarr stored as is (the default), zarr with LZ4 and with zstd, and npy; sizes 16x16 and 24x12, chunks
+    of 16. Shared by the tests that only read (keyed by layout name, valued by DEST)."""
+    import imgtools
+
+    root = tmp_path_factory.mktemp("stores")
+    make_labelled(root / "src")
+    (root / "src" / "class2" / "broken.jpg").write_bytes(b"nope")
+    out = {}
+    for name, fmt, compression in [("zarr", "zarr", "none"), ("zarr-lz4", "zarr", "lz4"), ("zarr-zstd", "zarr", "zstd"),
+                                   ("npy", "npy", "none")]:
+        cfg = imgtools.PresizeConfig.build(sizes=[16, "24x12"], mode="crop", format=fmt, chunk=16, compression=compression)
+        imgtools.presize(str(root / "src"), str(root / name), config=cfg, workers=0, progress=False)
+        out[name] = str(root / name)
+    return out

@@ -17,6 +17,7 @@ Contract of the disk cache:
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -123,8 +124,12 @@ class BoundCache:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True) if tmp.parent.exists() else None
-            self.disabled = True
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            with self._lock:  # prefetch threads fail together: one warning
+                if self.disabled:
+                    return None
+                self.disabled = True
             warnings.warn(f"the chunk cache in {str(self.cache.path)!r} cannot be written ({exc.strerror or exc}); "
                           f"reading {self.url!r} without it", CacheWarning, stacklevel=3)
             return None

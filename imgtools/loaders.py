@@ -8,11 +8,14 @@ torch; nothing else in imgtools does.
 Conventions (those of Mosaic streaming and LitData): call :meth:`ChunkStream.set_epoch` before each epoch
 (as with ``DistributedSampler``; it also clears a resume point); ``state_dict()`` / ``load_state_dict()``
 on the loader (or on the stream, given the number of batches consumed) resume an epoch where it stopped.
-Workers are made again for every epoch, so leave ``persistent_workers`` off.
+The epoch and the resume point live in memory shared with the DataLoader's workers, so persistent workers
+follow them too.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +86,25 @@ class ChunkStream(IterableDataset):
                               drop_last=drop_last, window_chunks=int(window_chunks), streams=int(streams))
         self.normalize = normalize
         self.layout = layout
-        self.epoch = 0
-        self.skip = 0  #: canonical batches of this epoch already consumed (a resume point)
+        # epoch and resume point, in memory shared with DataLoader workers (persistent ones read it anew
+        # at each epoch)
+        self._where: Any = multiprocessing.Array("q", [0, 0], lock=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if multiprocessing.context.get_spawning_popen() is None:  # a plain pickle, not a worker's start
+            state["_where"] = list(self._where)
+        return state
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads."""
+        return int(self._where[0])
+
+    @property
+    def skip(self) -> int:
+        """Canonical batches of this epoch already consumed (a resume point)."""
+        return int(self._where[1])
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank)."""
@@ -92,8 +112,7 @@ class ChunkStream(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` next, from its start."""
-        self.epoch = int(epoch)
-        self.skip = 0
+        self._where[:] = [int(epoch), 0]
 
     def state_dict(self, batches_seen: int) -> dict[str, Any]:
         """Where this epoch is after ``batches_seen`` more batches (counted from the last resume point)."""
@@ -110,8 +129,7 @@ class ChunkStream(IterableDataset):
         for key, value in self._identity().items():
             if state.get(key) != value:
                 raise ConfigError(f"state has {key} {state.get(key)!r}, this stream {value!r}")
-        self.epoch = int(state["epoch"])
-        self.skip = int(state["batches"])
+        self._where[:] = [int(state["epoch"]), int(state["batches"])]
 
     def _identity(self) -> dict[str, Any]:
         p = self.plan
@@ -121,18 +139,19 @@ class ChunkStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        batches = self.plan.batches(self.epoch)
-        mine = list(range(self.skip + (worker - self.skip) % workers, len(batches), workers))
-        ds, reader, size = self.dataset, self.dataset.reader, self.dataset.size
-        for pos, j in enumerate(mine):
-            ahead = [k for b in mine[pos + 1 : pos + 1 + LOOKAHEAD] for k in self.plan.chunks_of(batches[b])]
-            reader.prefetch(size, list(dict.fromkeys(ahead)))
-            rows = batches[j]
-            x = ds._finish(reader.gather(size, rows), self.normalize, self.layout)
-            yield x, ds.labels[rows].astype(np.int64)
+        epoch, skip = self.epoch, self.skip
+        batches = self.plan.batches(epoch)
+        # the DataLoader takes batches from workers 0, 1, ... in turn: worker w makes skip + w, skip + w + W, ...
+        mine = [batches[j] for j in range(skip + worker, len(batches), workers)]
+        for x, y in self.dataset.read_batches(mine, self.normalize, self.layout, LOOKAHEAD):
+            yield x, y.astype(np.int64)
 
-    def loader(self, num_workers: int = 2, **options: Any) -> "StreamLoader":
-        """A :class:`StreamLoader` over this stream (``batch_size=None``: the stream makes the batches)."""
+    def loader(self, num_workers: int = 0, **options: Any) -> "StreamLoader":
+        """A :class:`StreamLoader` over this stream (``batch_size=None``: the stream makes the batches).
+
+        Reading a chunk costs about a memory copy, and remote chunks are fetched by threads, so worker
+        processes add start-up and a copy of every batch between processes: use them (best persistent)
+        when the batches are normalised or the store compressed, not to read faster."""
         return StreamLoader(self, num_workers=num_workers, **options)
 
 
@@ -148,8 +167,6 @@ class StreamLoader(DataLoader):
     """
 
     def __init__(self, stream: ChunkStream, **options: Any):
-        if options.get("persistent_workers"):
-            raise ConfigError("persistent_workers keeps last epoch's order in the workers; leave it off")
         options.setdefault("batch_size", None)
         super().__init__(stream, **options)
         self.stream = stream

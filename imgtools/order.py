@@ -13,7 +13,8 @@ Contract (for a given ``EpochPlan`` and ``epoch``):
    each segment in turn. Worker ``w`` of ``W`` makes the canonical batches ``j`` with ``j % W == w``; as
    PyTorch's DataLoader takes batches from its workers in turn, the order it yields is the canonical one
    whatever ``W``; when ``W`` divides ``streams``, each worker reads only the chunks of its own segments.
-4. Resuming after ``n`` batches yields exactly canonical batches ``n, n + 1, ...``.
+4. Resuming after ``n`` batches yields exactly canonical batches ``n, n + 1, ...`` (worker ``w`` then makes
+   ``n + w, n + w + W, ...``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from .chunkcache import BoundCache, DiskCache
 from .config import OutputFormat, PresizeConfig, parse_size
 from .errors import ConfigError, SourceError, UnsupportedError
 from .location import Location
+from .order import EpochPlan
 from .sinks import MANIFEST
 from .sinks.base import ATTRS_FILE
 from .sinks.zarr_sink import ZarrSink
@@ -228,39 +229,25 @@ class Dataset:
         ((32, 3, 64, 64), dtype('float32'))
         """
         size = self._size(size)
+        self._shape(size)  # fixed sizes only
         if layout not in _LAYOUTS:
             raise ConfigError(f"layout {layout!r} is not NHWC or NCHW")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size {batch_size!r} must be at least 1")
-        rng = np.random.default_rng(seed)
-        chunk = self.config.chunk
         rows = self.rows if drop_failed else np.arange(len(self.manifest))
-        order = np.unique(rows // chunk)
-        if shuffle:
-            rng.shuffle(order)
-        pending_x: list[np.ndarray] = []
-        pending_i: list[np.ndarray] = []
-        chunks = self.chunks(size, order)
-        for group in range(0, len(order), buffer_chunks):
-            xs, idx = [], []
-            for _, (k, x) in zip(range(buffer_chunks), chunks):
-                keep = rows[(rows >= k * chunk) & (rows < (k + 1) * chunk)]
-                xs.append(x[keep - k * chunk])
-                idx.append(keep)
-            x, i = np.concatenate(xs), np.concatenate(idx)
-            if shuffle:
-                perm = rng.permutation(len(i))
-                x, i = x[perm], i[perm]
-            pending_x.append(x)
-            pending_i.append(i)
-            x, i = np.concatenate(pending_x), np.concatenate(pending_i)
-            full = len(i) // batch_size * batch_size
-            for b in range(0, full, batch_size):
-                yield self._finish(x[b : b + batch_size], normalize, layout), self.labels[i[b : b + batch_size]]
-            pending_x, pending_i = [x[full:]], [i[full:]]
-        if pending_i and sum(len(p) for p in pending_i):
-            x, i = np.concatenate(pending_x), np.concatenate(pending_i)
-            yield self._finish(x, normalize, layout), self.labels[i]
+        plan = EpochPlan(rows, self.config.chunk, batch_size, seed=seed, shuffle=shuffle, window_chunks=buffer_chunks,
+                         streams=1)
+        return self.view(size, failed=not drop_failed).read_batches(plan.batches(0), normalize, layout)
+
+    def read_batches(self, batches: Sequence[np.ndarray], normalize: tuple[Any, Any] | None = None,
+                     layout: str = "NHWC", lookahead: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(x, y)`` for each array of manifest rows in ``batches``, at this view's size, reading the chunks
+        of the next ``lookahead`` batches ahead when the store is remote."""
+        chunk = self.config.chunk
+        for pos, rows in enumerate(batches):
+            ahead = [np.unique(b // chunk) for b in batches[pos + 1 : pos + 1 + lookahead]]
+            if ahead:
+                self.reader.prefetch(self.size, dict.fromkeys(np.concatenate(ahead).tolist()))
+            x = self.reader.gather(self.size, rows)
+            yield self._finish(x, normalize, layout), self.labels[rows]
 
     @staticmethod
     def _finish(x: np.ndarray, normalize, layout: str) -> np.ndarray:

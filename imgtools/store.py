@@ -128,10 +128,13 @@ def _npy_header_bytes(shape: tuple[int, ...]) -> int:
 
 
 class _Process:
-    """What one process keeps: open files, a thread pool, decoded chunks, fetches in flight."""
+    """What one process keeps: its filesystem, mapped files, a thread pool, decoded chunks, fetches in flight."""
 
-    def __init__(self, memory_bytes: int):
+    def __init__(self, fs, memory_bytes: int):
         self.pid = os.getpid()
+        # the filesystem made again in this process: async ones (gcsfs, s3fs) refuse to run in a fork of the
+        # process that made them, and fsspec's instance cache starts empty in every process
+        self.fs = type(fs)(*fs.storage_args, **fs.storage_options)
         self.maps: dict[str, np.ndarray] = {}
         self.memory = MemoryCache(memory_bytes)
         self.pool: ThreadPoolExecutor | None = None
@@ -162,7 +165,7 @@ class Reader(abc.ABC):
     @property
     def proc(self) -> _Process:
         if self._p is None or self._p.pid != os.getpid():
-            self._p = _Process(self.memory_bytes)
+            self._p = _Process(self.location.fs, self.memory_bytes)
         return self._p
 
     def close(self) -> None:
@@ -265,7 +268,7 @@ class ArrayReader(Reader):
     def _ranges(self, part: Part, slots: np.ndarray, nbytes: int, out: np.ndarray, where: np.ndarray) -> None:
         path = self.location.path(part.relpath)
         starts = [part.offset + int(s) * nbytes for s in slots]
-        got = self._call(lambda: _cat_ranges(self.location.fs, path, starts, nbytes), part.relpath)
+        got = self._call(lambda: _cat_ranges(self.proc.fs, path, starts, nbytes), part.relpath)
         for j, blob in zip(where, got):
             out[j] = np.frombuffer(blob, np.uint8).reshape(out.shape[1:])
 
@@ -297,7 +300,7 @@ class ArrayReader(Reader):
                 with open(local, "rb") as f:
                     data = f.read()
             else:
-                data = self._call(lambda: self.location.fs.cat_file(self.location.path(part.relpath)), part.relpath)
+                data = self._call(lambda: self.proc.fs.cat_file(self.location.path(part.relpath)), part.relpath)
                 if self.disk is not None:
                     self.disk.put(part.relpath, data)
             flat = self.layout.decode(size, part, data)
@@ -343,7 +346,7 @@ class FileReader(Reader):
     def _read(self, size: str, rows: Sequence[int]) -> list[np.ndarray | None]:
         want = [i for i in rows if self.ok[i]]
         paths = [self.location.path(self._relpath(size, i)) for i in want]
-        blobs = self._call(lambda: self.location.fs.cat(paths, on_error="raise"), f"{len(paths)} files") if paths else {}
+        blobs = self._call(lambda: self.proc.fs.cat(paths, on_error="raise"), f"{len(paths)} files") if paths else {}
         out: list[np.ndarray | None] = []
         for i in rows:
             if not self.ok[i]:

@@ -8,7 +8,8 @@ The sample's JPEGs, listed ``--repeat`` times (3000 images), are presized once p
    resizes the original JPEG for every item (the baseline: what people do without presizing);
 2. the same DataLoader over ``imgtools.open(DEST).view(size)`` (map-style, one image per item);
 3. ``ds.batches(size, 64)`` (whole chunks, one process);
-4. ``ds.stream(size, 64).loader(num_workers=2)`` (whole chunks, PyTorch workers).
+4. ``ds.stream(size, 64).loader()`` (the chunk-ordered PyTorch path: a DataLoader over the stream, in the
+   main process), and the same with 2 persistent workers (started before timing).
 From a bucket: the demo-shaped store (64 + 224 crop, chunks of 64) uploaded to moto's S3 server, read
 through ``imgtools.testing.Proxy`` adding 20-50 ms to every request: ``ds.batches`` epoch 1 (empty disk
 cache) and 2, the stream's epochs 1 and 2, and ``ds[i]`` at random after an epoch; and epoch 1 without
@@ -83,10 +84,14 @@ def local_table(paths: list[str], work: pathlib.Path, rounds: int) -> pd.DataFra
         mapped = _rate(lambda: _count(DataLoader(ds.view(size), batch_size=BATCH, shuffle=True, num_workers=2)), rounds)
         batches = _rate(lambda: _count(ds.batches(size, BATCH)), rounds)
         stream = ds.stream(size, BATCH)
-        streamed = _rate(lambda: _count(stream.loader(num_workers=2)), rounds)
+        streamed = _rate(lambda: _count(stream.loader()), rounds)
+        persistent = stream.loader(num_workers=2, persistent_workers=True)
+        _count(persistent)  # the workers start once
+        workers = _rate(lambda: _count(persistent), rounds)
         rows.append({"geometry": f"{name} (chunk {ds.config.chunk})", "DataLoader, originals": plain,
                      "DataLoader, imgtools map-style": mapped, "x originals": mapped / plain,
-                     "ds.batches": batches, "stream, 2 workers": streamed, "stream / batches": streamed / batches})
+                     "ds.batches": batches, "stream": streamed, "stream / batches": streamed / batches,
+                     "stream, 2 persistent workers": workers, "workers / batches": workers / batches})
     return pd.DataFrame(rows)
 
 
@@ -117,8 +122,8 @@ def bucket_table(paths: list[str], work: pathlib.Path, latency: tuple[float, flo
                 row["ds[i] at random, after"] = _rate(lambda: sum(1 for i in picks if view[int(i)] is not None), rounds)
                 fresh = imgtools.open(url, storage_options=options, cache=DiskCache(work / f"cache-stream-{size}"))
                 stream = fresh.stream(size, BATCH)
-                row["stream, epoch 1"] = _rate(lambda: _count(stream.loader(num_workers=2)), 1)
-                row["stream, epoch 2"] = _rate(lambda: _count(stream.loader(num_workers=2)), rounds)
+                row["stream, epoch 1"] = _rate(lambda: _count(stream.loader()), 1)
+                row["stream, epoch 2"] = _rate(lambda: _count(stream.loader()), rounds)
                 bare = imgtools.open(url, storage_options=options, cache=False)
                 row["batches, no cache, no prefetch"] = _rate(
                     lambda: _count(_batches_without_prefetch(bare, size)), 1)
@@ -165,7 +170,8 @@ def plot(local: pd.DataFrame, bucket: pd.DataFrame | None, out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["DataLoader, originals", "DataLoader, imgtools map-style", "ds.batches", "stream, 2 workers"]
+    cols = ["DataLoader, originals", "DataLoader, imgtools map-style", "ds.batches", "stream",
+            "stream, 2 persistent workers"]
     fig, axes = plt.subplots(1, 2 if bucket is not None else 1, figsize=(12, 4), squeeze=False)
     local.set_index("geometry")[cols].plot.bar(ax=axes[0][0], logy=True, rot=0)
     axes[0][0].set_ylabel("images/s (log)")

@@ -13,11 +13,16 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
+#: conda-forge names that differ from PyPI's
+_CONDA_NAMES = {"pytorch": "torch"}
+
+
 def _conda(path: pathlib.Path) -> set[str]:
     import yaml
 
     deps = yaml.safe_load(path.read_text())["dependencies"]
-    return {_name(d) for d in deps if isinstance(d, str) and _name(d) not in ("python", "pip")}
+    names = {_name(d) for d in deps if isinstance(d, str) and _name(d) not in ("python", "pip")}
+    return {_CONDA_NAMES.get(n, n) for n in names}
 
 
 def test_environment_files_name_the_same_dependencies_as_pyproject():

@@ -278,3 +278,20 @@ def test_persistent_workers_follow_set_epoch_and_resume_points(stores):
         assert [rows_of(ds, x.numpy()) for x, _ in loader] == expected[epoch]
     stream.load_state_dict({**stream.state_dict(0), "epoch": 0, "batches": 5})
     assert [rows_of(ds, x.numpy()) for x, _ in loader] == expected[0][5:]
+
+
+def test_importing_imgtools_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import imgtools, sys; ds = imgtools.Dataset; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_dataset_pickled_into_spawned_workers_reopens_its_files_there(stores):
+    ds = imgtools.open(stores["zarr"]).view("24x12")
+    ds[0]  # handles opened here are not what the workers use
+    loader = DataLoader(ds, batch_size=16, num_workers=1, multiprocessing_context="spawn")
+    xs = torch.cat([x for x, _ in loader]).numpy()
+    assert sorted(rows_of(ds, xs)) == ds.rows.tolist()

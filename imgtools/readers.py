@@ -10,6 +10,7 @@ re-opens its handles there."""
 from __future__ import annotations
 
 import copy
+import fnmatch
 import io
 import json
 import os
@@ -413,12 +414,14 @@ def _image_frame(rows: list[dict[str, Any]], keys: list[str]) -> pd.DataFrame:
 
 def read_images(source: str, recursive: bool = True, drop_invalid: bool = True, sample_ratio: float = 1.0,
                 seed: int = 0, npartitions: int | None = None, channel_order: str = "RGB",
-                storage_options: dict[str, Any] | None = None):
+                storage_options: dict[str, Any] | None = None, path_glob_filter: str | None = None):
     """Images as a Dask DataFrame with Spark's image schema: ``origin``, ``height``, ``width``,
     ``nChannels`` (1, 3 or 4, as decoded), ``mode`` (OpenCV type: 0, 16, 24; -1 when invalid), ``data``
     (row-major bytes; ``channel_order="BGR"`` gives Spark's own BGR(A) order byte for byte), plus one text
-    column per ``key=value`` folder name. Undecodable files are dropped, or with ``drop_invalid=False``
-    kept as rows of -1 and empty data. Images are upright (EXIF orientation applied).
+    column per ``key=value`` folder name. As Spark's image source, every file is listed (hidden ones
+    aside), image or not: undecodable files are dropped, or with ``drop_invalid=False`` kept as rows of -1
+    and empty data; ``path_glob_filter`` (Spark's ``pathGlobFilter``, e.g. ``"*.png"``) keeps only the files
+    whose name matches. Images are upright (EXIF orientation applied).
 
     Examples
     --------
@@ -436,7 +439,9 @@ def read_images(source: str, recursive: bool = True, drop_invalid: bool = True, 
         raise ConfigError(f"channel_order {channel_order!r} is not RGB or BGR")
     if not 0.0 < sample_ratio <= 1.0:
         raise ConfigError(f"sample_ratio {sample_ratio!r} must be in (0, 1]")
-    items = list_source(source, LabelSource.NONE, storage_options).items
+    items = list_source(source, LabelSource.NONE, storage_options, every_file=True).items
+    if path_glob_filter is not None:
+        items = items[[fnmatch.fnmatchcase(posixpath.basename(rel), path_glob_filter) for rel in items["relpath"]]]
     if not recursive:
         items = items[~items["relpath"].str.contains("/")]
     if sample_ratio < 1.0:

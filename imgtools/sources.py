@@ -91,7 +91,7 @@ def _is_hidden(relpath: str) -> bool:
     return any(part.startswith(".") for part in relpath.split("/"))
 
 
-def _list_folder(fs, root: str, labels: LabelSource) -> pd.DataFrame:
+def _list_folder(fs, root: str, labels: LabelSource, every_file: bool = False) -> pd.DataFrame:
     found = sorted(fs.find(root, withdirs=False))
     rows, unknown = [], []
     for path in found:
@@ -99,7 +99,7 @@ def _list_folder(fs, root: str, labels: LabelSource) -> pd.DataFrame:
         if _is_hidden(rel):
             continue
         ext = posixpath.splitext(rel)[1].lower()
-        if ext in IMAGE_EXTENSIONS:
+        if every_file or ext in IMAGE_EXTENSIONS:
             rows.append((path, rel))
         elif ext not in _NOT_IMAGES:
             unknown.append((path, rel))
@@ -159,7 +159,7 @@ def _exists(url: str, storage_options: dict) -> bool:
         return False
 
 
-def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict) -> pd.DataFrame:
+def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict, every_file: bool = False) -> pd.DataFrame:
     """Members of every archive (shards in URL order, members in archive order), with their spans."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -179,7 +179,8 @@ def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict) 
         rows, seen = [], set()
         for member, offset, size in archives.list_archive(fs, path):
             rel = safe_relpath(member)
-            if member not in seen and not _is_hidden(rel) and posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
+            image = every_file or posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
+            if member not in seen and not _is_hidden(rel) and image:
                 seen.add(member)  # a name stored twice is one input: its first copy, which streaming finds too
                 rows.append((f"{protocol}://{member}::{url}", rel, offset, size))
         return rows
@@ -258,6 +259,7 @@ def list_source(
     labels: LabelSource = LabelSource.FOLDER,
     storage_options: dict[str, Any] | None = None,
     masks: str | None = None,
+    every_file: bool = False,
 ) -> Listing:
     """List the images of ``source``: a folder/prefix (recursively, sorted by relative path), a
     ``.csv`` / ``.parquet`` manifest with a ``path`` column and an optional ``label`` column (kept in the
@@ -266,7 +268,8 @@ def list_source(
     (shards in URL order, members in archive order; a member's path in its archive is its ``relpath``).
 
     Image files are found by extension, and files with an unknown extension by their first bytes; hidden
-    files and folders (a name starting with ``.``) are left out. With ``labels="folder"`` a file's label
+    files and folders (a name starting with ``.``) are left out; ``every_file=True`` lists every other file
+    of a folder or archive, image or not (as Spark's image source does). With ``labels="folder"`` a file's label
     is its first folder level under ``source`` (files directly in ``source`` have none).
 
     Paired targets: ``masks`` names a second tree whose files pair with the images by relative path
@@ -286,7 +289,7 @@ def list_source(
     storage_options = dict(storage_options or {})
     shards = _archive_urls(source, storage_options)
     if shards is not None:
-        items = _list_archives(shards, labels, storage_options)
+        items = _list_archives(shards, labels, storage_options, every_file)
         if items.empty:
             raise SourceError(f"SOURCE {source!r} holds no image files")
         fs = url_to_fs(shards[0], **storage_options)[0]
@@ -306,7 +309,7 @@ def list_source(
     elif is_file:
         raise SourceError(f"SOURCE {source!r} is a file, not a folder or a .csv/.parquet manifest")
     else:
-        items = _list_folder(fs, root, labels)
+        items = _list_folder(fs, root, labels, every_file)
     if items.empty:
         raise SourceError(f"SOURCE {source!r} holds no image files")
     return _finish(items, masks, storage_options, str(source), fs)

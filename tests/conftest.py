@@ -1,4 +1,4 @@
-"""Shared fixtures: datasets the tests make themselves, the shared ImageNet sample, a Dask cluster."""
+"""Shared fixtures: datasets the tests make themselves (real photographs among them), a Dask cluster."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import os
 import pathlib
 import struct
+import tempfile
 import zlib
 
 import numpy as np
@@ -13,19 +14,11 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-IMAGENET = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample"
-
 # The GCS emulator lacks the bucket-layout call gcsfs makes unless told not to; set before any Dask
 # worker process starts, so every process of the suite inherits it.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
-
-@pytest.fixture(scope="session")
-def imagenet() -> pathlib.Path:
-    """The 1000 real ImageNet JPEGs beside the project (read in place, never copied)."""
-    if not IMAGENET.is_dir() or not any(IMAGENET.iterdir()):
-        pytest.skip(f"the ImageNet sample is not at {IMAGENET}")
-    return IMAGENET
+# Remote outputs read back cache their chunks on local disk: in a folder of this run's, not the user's cache
+os.environ.setdefault("IMGTOOLS_CACHE", tempfile.mkdtemp(prefix="imgtools-test-cache-"))
 
 
 @pytest.fixture(scope="session")
@@ -304,3 +297,92 @@ def stores(tmp_path_factory) -> dict[str, str]:
         imgtools.presize(str(root / "src"), str(root / name), config=cfg, workers=0, progress=False)
         out[name] = str(root / name)
     return out
+
+
+#: scikit-image's bundled photographs (inside its wheel: they load with no network), colour then grey
+PHOTO_SOURCES = {
+    "colour": ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+               "motorcycle_left", "motorcycle_right"],
+    "grey": ["camera", "moon", "coins", "text"],
+}
+
+
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = data.stereo_motorcycle()
+        return left if name == "motorcycle_left" else right
+    return getattr(data, name)()
+
+
+def _crop(img: Image.Image, aspect: float, x: float) -> Image.Image:
+    """The largest crop of ``img`` with width/height ``aspect``, its left edge at fraction ``x`` of the slack."""
+    w, h = img.size
+    cw, ch = (min(w, round(h * aspect)), h) if w / h >= aspect else (w, min(h, round(w / aspect)))
+    left, top = round((w - cw) * x), (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def _cap(img: Image.Image, longest: int = 500) -> Image.Image:
+    """Shrunk (never enlarged) so that its longer side is at most ``longest``, as ImageNet's photos are."""
+    scale = longest / max(img.size)
+    if scale >= 1:
+        return img
+    return img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> pathlib.Path:
+    """40 real photographs as JPEGs, made from scikit-image's bundled photos: each colour one whole (longer
+    side 500, as ImageNet's), as a 500x375 landscape crop, as a 375x500 portrait crop and at its full
+    resolution; the grey ones as greyscale (mode L) JPEGs. Mostly quality 90 and 4:2:0, some at 75 or 95,
+    one progressive, one 4:4:4; three stored turned, with an EXIF orientation that brings them upright."""
+    root = tmp_path_factory.mktemp("photos")
+    turned = {("astronaut", "portrait"): 6, ("coffee", "portrait"): 8, ("rocket", "landscape"): 3}
+    inverse = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+    for name in PHOTO_SOURCES["colour"]:
+        full = Image.fromarray(_photo(name)).convert("RGB")
+        variants = {"whole": _cap(full), "landscape": _cap(_crop(full, 4 / 3, 0.5)),
+                    "portrait": _cap(_crop(full, 3 / 4, 0.3)), "full": full}
+        for kind, img in variants.items():
+            params = {"quality": 95 if kind == "full" else 90}
+            if name in ("hubble_deep_field", "motorcycle_right") and kind == "whole":
+                params["quality"] = 75
+            if name == "chelsea" and kind == "whole":
+                params["progressive"] = True
+            if name == "immunohistochemistry" and kind == "landscape":
+                params["subsampling"] = 0
+            if (name, kind) in turned:
+                exif = Image.Exif()
+                exif[0x0112] = turned[name, kind]
+                img, params["exif"] = img.transpose(inverse[turned[name, kind]]), exif
+            (root / f"{name}_{kind}.jpg").write_bytes(encode(img, "JPEG", **params))
+    for name in PHOTO_SOURCES["grey"]:
+        (root / f"{name}_grey.jpg").write_bytes(encode(_cap(Image.fromarray(_photo(name)).convert("L")), "JPEG",
+                                                       quality=90))
+    return root
+
+
+def reference(dest: str, size: str) -> np.ndarray:
+    """Every row of one size of an array output, read by zarr itself or by np.load."""
+    import zarr
+
+    if pathlib.Path(dest, "zarr.json").exists():
+        return zarr.open_group(dest, mode="r")[f"{size}/images"][:]
+    parts = sorted(pathlib.Path(dest, size).glob("part-*.npy"))
+    return np.concatenate([np.load(p) for p in parts])
+
+
+def digest(img) -> str:
+    """A hash of an image's pixels."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(np.asarray(img)).tobytes()).hexdigest()
+
+
+def rows_of(ds, xs) -> list[int]:
+    """Manifest rows of the images in ``xs``, read at ``ds.size`` (the test images are all different)."""
+    index = {digest(ds.image(int(r), ds.size)): int(r) for r in ds.rows}
+    assert len(index) == len(ds.rows)
+    return [index[digest(x)] for x in xs]

@@ -18,8 +18,8 @@ from imgtools.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def photos_csv(imagenet, tmp_path_factory):
-    files = sorted(imagenet.iterdir())[3::25]
+def photos_csv(photo_dir, tmp_path_factory):
+    files = sorted(photo_dir.iterdir())  # 40 real photographs (see conftest.photo_dir)
     path = tmp_path_factory.mktemp("derive") / "photos.csv"
     pd.DataFrame({"path": [str(f) for f in files]}).to_csv(path, index=False)
     return path

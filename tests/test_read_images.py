@@ -91,3 +91,16 @@ def test_to_array_from_array_round_trip_exactly(shape):
 def test_from_array_rejects_what_spark_cannot_hold(bad):
     with pytest.raises(ValueError, match="uint8 with 1, 3 or 4 channels"):
         from_array(bad)
+
+
+def test_every_file_is_listed_as_spark_does_and_path_glob_filter_narrows(spark_tree):
+    """Spark's own test layout has 8 images and a not-image.txt: it lists all 9 and marks the text invalid."""
+    (spark_tree / "cls=kittens" / "not-image.txt").write_text("not an image")
+    (spark_tree / ".hidden.png").write_bytes(encode(Image.fromarray(RGB), "PNG"))
+    rows, _ = _rows(imgtools.read_images(str(spark_tree), drop_invalid=False))
+    assert sorted(rows) == ["broken.jpg", "gray.png", "not-image.txt", "rgb.png", "rgba.png", "top.png"]
+    assert rows["not-image.txt"]["nChannels"] == -1 and rows["not-image.txt"]["data"] == b""
+    rows, _ = _rows(imgtools.read_images(str(spark_tree)))
+    assert "not-image.txt" not in rows and len(rows) == 4
+    rows, _ = _rows(imgtools.read_images(str(spark_tree), drop_invalid=False, path_glob_filter="r*.png"))
+    assert sorted(rows) == ["rgb.png", "rgba.png"]

@@ -147,6 +147,7 @@ class Sink(abc.ABC):
             self._check_lock()
         if ours and overwrite:
             self.fs.rm(self.root, recursive=True)
+            self.fs.invalidate_cache(self.root)  # what was listed before is gone
             ours = False
         previous = self._read_job() if ours else None
         if ours and previous is not None and not self._same_job(previous, job):

@@ -3,6 +3,7 @@ with masks ``<size>/masks`` (N, H, W) uint8."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -37,7 +38,11 @@ def _writable(group, name: str):
 def _zarr_store(fs, root: str, storage_options: dict[str, Any]):
     if isinstance(fs, LocalFileSystem):  # zarr's own local store makes folders as it writes
         return zarr.storage.LocalStore(root)
-    return zarr.storage.FsspecStore.from_url(fs.unstrip_protocol(root), storage_options=storage_options or None)
+    store = zarr.storage.FsspecStore.from_url(fs.unstrip_protocol(root), storage_options=storage_options or None)
+    # zarr's store has an async filesystem of its own, whose listings fsspec caches: a DEST removed and written
+    # again (--overwrite) must not look as it did (zarr 3.4 then skips the parent groups' metadata)
+    store.fs.invalidate_cache()
+    return store
 
 
 class ZarrSink(Sink):
@@ -67,9 +72,10 @@ class ZarrSink(Sink):
             self.create_images(group, key, n, size)
             if self.config.masks:
                 self.create_images(group, key, n, size, masks=True)
-        group.create_array("ok", shape=(n,), dtype="bool", chunks=(c,), fill_value=False, overwrite=True, config=_WRITE_ALL)
+        group.create_array("ok", shape=(n,), dtype="bool", chunks=(c,), fill_value=False, overwrite=True,
+                           dimension_names=("image",), config=_WRITE_ALL)
         group.create_array("labels", shape=(n,), dtype="int32", chunks=(c,), fill_value=-1, overwrite=True,
-                           config=_WRITE_ALL)
+                           dimension_names=("image",), config=_WRITE_ALL)
 
     def create_images(self, group, key: str, n: int, size, masks: bool = False):
         """The empty ``<key>/images`` (n, H, W, 3) or ``<key>/masks`` (n, H, W) array, chunked by images."""
@@ -105,4 +111,10 @@ class ZarrSink(Sink):
             return None
 
     def write_attrs(self, attrs: dict[str, Any]) -> None:
+        """The attributes, then the group's consolidated metadata (what xarray and zarr read in one request
+        instead of listing DEST, where the manifest and the run record are not zarr nodes)."""
         self.group("r+").attrs.update(attrs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Object at .* is not recognized", zarr.errors.ZarrUserWarning)
+            warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", zarr.errors.ZarrUserWarning)
+            zarr.consolidate_metadata(self._store())

@@ -386,3 +386,4 @@ def rows_of(ds, xs) -> list[int]:
     index = {digest(ds.image(int(r), ds.size)): int(r) for r in ds.rows}
     assert len(index) == len(ds.rows)
     return [index[digest(x)] for x in xs]
+

@@ -3,6 +3,9 @@
 Exit codes: 0 when a run completes (even with per-image failures), 1 with ``--strict`` when any image
 failed, when storage kept failing after retries (run again to resume) or when ``sync`` could not copy
 a file, 2 for bad usage or a missing SOURCE (one line naming the problem, no traceback).
+
+Option groups that several commands share (``--scheduler | --workers``, ``--storage-option``) are
+defined once, as argparse parent parsers.
 """
 
 from __future__ import annotations
@@ -58,13 +61,41 @@ def _choices(enum_cls) -> list[str]:
     return [m.value for m in enum_cls]
 
 
+def _cluster_options(workers_help: str = "local worker processes (0: in this process)") -> argparse.ArgumentParser:
+    """The parent parser of the commands that run on Dask: ``--scheduler ADDRESS | --workers N``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    where = parent.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
+    where.add_argument("--workers", type=int, metavar="N", help=workers_help)
+    return parent
+
+
+def _storage_options(help_text: str | None = None) -> argparse.ArgumentParser:
+    """The parent parser of the commands that reach storage: ``--storage-option KEY=VALUE``, repeatable
+    (see :func:`_storage_option`); collected as a list of ``(key, value)`` pairs."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
+                        help=help_text)
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``imgtools`` command."""
+    """The argument parser of the ``imgtools`` command.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["derive", "out.zarr", "--from", "64x64", "--size", "32", "--workers", "0"])
+    >>> args.command, args.source_size, args.size, args.workers, args.storage_option
+    ('derive', '64x64', ['32'], 0, [])
+    """
     parser = _Parser(prog="imgtools", description="Presize image datasets for machine learning.")
     parser.add_argument("--version", action="version", version=f"imgtools {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    cluster, storage = _cluster_options(), _storage_options()
 
-    p = sub.add_parser("presize", help="resize a folder, bucket or manifest of images into arrays or files")
+    p = sub.add_parser("presize", help="resize a folder, bucket or manifest of images into arrays or files",
+                       parents=[_cluster_options("local worker processes (default: one per core; 0: in this process)"),
+                                _storage_options("fsspec option for SOURCE and DEST, repeatable; KEY:=JSON for a number")])
     p.add_argument("source", help="folder or URL of images, or a .csv/.parquet manifest with a 'path' column")
     p.add_argument("dest", help="folder or URL for the output (created when missing)")
     p.add_argument("--size", action="append", metavar="N|WxH", help="target size, repeatable (default 64)")
@@ -82,51 +113,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse images with more decoded pixels (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--formats", help="comma-separated Pillow formats to accept (default JPEG,PNG,WEBP,GIF,BMP,TIFF)")
     p.add_argument("--quality", type=int, default=90, help="encoder quality for jpeg/webp output")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
-    where.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core; 0: in this process)")
-    p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
-                   help="fsspec option for SOURCE and DEST, repeatable; KEY:=JSON for a number")
     p.add_argument("--masks", metavar="FOLDER", help="label masks paired with the images by relative path")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output at DEST and start again")
     p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    d = sub.add_parser("derive", help="add smaller sizes to a zarr/npy output from a stored size, without decoding")
+    d = sub.add_parser("derive", help="add smaller sizes to a zarr/npy output from a stored size, without decoding",
+                       parents=[cluster, storage])
     d.add_argument("dest", help="a zarr or npy output of imgtools presize")
     d.add_argument("--from", dest="source_size", required=True, metavar="WxH", help="the stored size to start from")
     d.add_argument("--size", action="append", required=True, metavar="N|WxH", help="new size, repeatable")
-    where = d.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
-    where.add_argument("--workers", type=int, metavar="N", help="local worker processes (0: in this process)")
-    d.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
-    v = sub.add_parser("show", help="a contact sheet of a presized output, with labels and the failed inputs")
+    v = sub.add_parser("show", help="a contact sheet of a presized output, with labels and the failed inputs",
+                       parents=[storage])
     v.add_argument("dest", help="an imgtools output")
     v.add_argument("--size", help="which size (default: the largest)")
     v.add_argument("--n", type=int, default=64, help="images on the sheet (default 64)")
     v.add_argument("--out", default="sheet.png", help="PNG to write (default sheet.png)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
-    i = sub.add_parser("inspect", help="what is in a dataset: formats, modes, sizes, broken files, duplicates")
+    i = sub.add_parser("inspect", help="what is in a dataset: formats, modes, sizes, broken files, duplicates",
+                       parents=[cluster, storage])
     i.add_argument("source", help="folder or URL of images, or a .csv/.parquet manifest")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.add_argument("--hist", metavar="PNG", help="write a histogram of image sizes")
-    where = i.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
-    where.add_argument("--workers", type=int, metavar="N", help="local worker processes (0: in this process)")
-    i.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
     s = sub.add_parser("sample", help="write the sample dataset (labelled folders of mixed images, a few broken)")
     s.add_argument("dest", nargs="?", default=DEFAULT_SAMPLE, help=f"folder to write (default {DEFAULT_SAMPLE})")
     s.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
     s.add_argument("--seed", type=int, default=0)
-    y = sub.add_parser("sync", help="copy a file tree between two locations (local, gs://, s3://), in parallel, resumably")
+    y = sub.add_parser("sync", help="copy a file tree between two locations (local, gs://, s3://), in parallel, resumably",
+                       parents=[_storage_options("fsspec option for SRC and DST, repeatable")])
     y.add_argument("src", help="folder, URL or file to copy")
     y.add_argument("dst", help="folder or URL to copy to; files already there with the same size and MD5 are skipped")
-    y.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
-                   help="fsspec option for SRC and DST, repeatable")
     y.add_argument("--dst-option", action="append", type=_storage_option, default=None, metavar="KEY=VALUE",
                    help="fsspec option for DST only (then --storage-option is for SRC only), repeatable")
     y.add_argument("--batch", type=int, default=64, help="files per concurrent batch (default 64)")

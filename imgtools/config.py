@@ -196,6 +196,16 @@ def parse_color(value: str | Sequence[int]) -> tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
+def _parse_number(name: str, value: float | str) -> float:
+    """``value`` as a float, from a number or its text; a bool or anything else raises ConfigError naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} {value!r} is not a number") from None
+
+
 def auto_chunk(sizes: Iterable[Size], target_bytes: int = 16 << 20) -> int:
     """Images per chunk so that a chunk of the largest size holds about ``target_bytes`` (16 MiB):
     a power of two between 16 and 256.
@@ -276,8 +286,24 @@ class PresizeConfig:
         formats: Iterable[str] | None = None,
         quality: int = 90,
         masks: bool = False,
+        draft_factor: float | str = 2.0,
     ) -> "PresizeConfig":
-        """Check plain values and build a config; raises ConfigError naming the first bad one."""
+        """Check plain values and build a config; raises ConfigError naming the first bad one.
+
+        Every field of :class:`PresizeConfig` can be given, as its own type or as plain text; ``chunk``
+        defaults to :func:`auto_chunk` of the sizes, ``formats`` to :data:`DEFAULT_FORMATS`.
+        ``draft_factor`` (1 to 8) is how many times the output's resolution a JPEG is decoded at, at
+        least, before resizing (see :func:`imgtools.resize.draft_request`).
+
+        Examples
+        --------
+        >>> PresizeConfig.build(sizes=[224], draft_factor=4).draft_factor
+        4.0
+        >>> PresizeConfig.build(draft_factor="lots")
+        Traceback (most recent call last):
+        ...
+        imgtools.errors.ConfigError: draft_factor 'lots' is not a number
+        """
         if isinstance(sizes, (int, str, Size)):
             sizes = [sizes]
         fmts = DEFAULT_FORMATS if formats is None else tuple(dict.fromkeys(f.upper() for f in formats))
@@ -297,6 +323,7 @@ class PresizeConfig:
             formats=fmts,
             quality=int(quality),
             masks=bool(masks),
+            draft_factor=_parse_number("draft_factor", draft_factor),
         )
 
     @property
@@ -317,10 +344,18 @@ class PresizeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PresizeConfig":
-        """Rebuild a config written by :meth:`to_dict`."""
-        d = dict(data)
-        d.pop("draft_factor", None)
-        return cls.build(**d)
+        """Rebuild a config written by :meth:`to_dict`: ``from_dict(cfg.to_dict()) == cfg``. Keys that
+        an older output lacks take their defaults (``draft_factor`` 2).
+
+        Examples
+        --------
+        >>> cfg = PresizeConfig.build(sizes=[32], draft_factor=4)
+        >>> PresizeConfig.from_dict(cfg.to_dict()) == cfg
+        True
+        >>> PresizeConfig.from_dict({"sizes": ["32x32"]}).draft_factor
+        2.0
+        """
+        return cls.build(**data)
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys) used to compare configs between runs."""

@@ -13,9 +13,12 @@ import dataclasses
 import hashlib
 import posixpath
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from itertools import repeat
+from typing import Any, TypeVar
 
 import pandas as pd
 from fsspec.core import url_to_fs
@@ -30,6 +33,8 @@ __all__ = ["sync", "SyncReport"]
 #: Files bigger than this are copied as a stream of blocks instead of in one piece.
 STREAM_ABOVE = 64 << 20
 _BLOCK = 16 << 20
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,45 @@ class SyncReport:
         rate = self.bytes_copied / 2**20 / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.total} files: {self.copied} copied, {self.skipped} already there, {self.failed} failed; "
                 f"{self.bytes_copied / 2**20:.1f} MiB in {self.seconds:.1f} s ({rate:.1f} MiB/s) -> {self.dst}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Side:
+    """One end of a sync: its filesystem, the folder on it that relative paths start from, and the
+    fsspec options it was opened with."""
+
+    fs: Any
+    root: str
+    options: dict[str, Any]
+
+    def path(self, rel: str) -> str:
+        """The path of ``rel`` on this side's filesystem."""
+        return posixpath.join(self.root, rel)
+
+    def url(self, rel: str) -> str:
+        """The URL of ``rel`` (with this side's protocol), as :func:`~imgtools.sources.read_bytes` takes it."""
+        return self.fs.unstrip_protocol(self.path(rel))
+
+
+@dataclasses.dataclass(frozen=True)
+class _File:
+    """A file to copy: its path under both roots and its size in the source listing."""
+
+    rel: str
+    size: int
+
+    @property
+    def streamed(self) -> bool:
+        """True when the file is too big to copy in one piece (it is streamed block by block)."""
+        return self.size > STREAM_ABOVE
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """A file that could not be copied: its path under both roots and why (a row of ``SyncReport.failures``)."""
+
+    path: str
+    error: str
 
 
 def _md5_of_info(info: dict[str, Any]) -> str | None:
@@ -93,13 +137,14 @@ def _same(src_info: dict[str, Any], dst_info: dict[str, Any] | None) -> bool | N
     return None if None in sums else sums[0] == sums[1]
 
 
-def _same_by_reading(rel: str, src_info, dst_info, src, dst) -> bool:
-    """The MD5s, computed block by block where a listing states none (``src`` and ``dst`` are
-    ``(filesystem, root)``); a file that cannot be read to compare is copied again."""
+def _same_by_reading(rel: str, src_info: dict[str, Any], dst_info: dict[str, Any], source: _Side,
+                     dest: _Side) -> bool:
+    """The MD5s, computed block by block where a listing states none; a file that cannot be read to
+    compare is copied again."""
     sums = []
-    for (fs, root), info in ((src, src_info), (dst, dst_info)):
+    for side, info in ((source, src_info), (dest, dst_info)):
         try:
-            sums.append(_md5_of_info(info) or _md5(fs, posixpath.join(root, rel)))
+            sums.append(_md5_of_info(info) or _md5(side.fs, side.path(rel)))
         except Exception as exc:
             if retry.is_transient(exc):  # the storage is down: stop, a re-run resumes
                 raise
@@ -129,6 +174,99 @@ def _write_all(fs, files: dict[str, bytes], what: str) -> dict[str, str]:
     return failed
 
 
+def _batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` cut in consecutive runs of ``size`` (the last one shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _open_source(src: str, options: dict[str, Any]) -> tuple[_Side, dict[str, dict[str, Any]]]:
+    """SRC as a side (its root the folder of SRC when SRC is one file) and its listing; SourceError when
+    it cannot be reached or holds no files."""
+    try:
+        fs, root = url_to_fs(str(src), **options)
+        files = _tree(fs, root.rstrip("/") or root)
+    except Exception as exc:
+        raise SourceError(f"SRC {src!r} cannot be reached: {exc}") from None
+    if not files:
+        raise SourceError(f"SRC {src!r} does not exist or holds no files")
+    return _Side(fs, root.rstrip("/") if not fs.isfile(root) else posixpath.dirname(root), options), files
+
+
+def _open_dest(dst: str, options: dict[str, Any]) -> tuple[_Side, dict[str, dict[str, Any]]]:
+    """DST as a side and its listing (empty when DST does not exist yet); ConfigError when it cannot be reached."""
+    try:
+        fs, root = url_to_fs(str(dst), **options)
+        root = root.rstrip("/") or root
+        return _Side(fs, root, options), _tree(fs, root)
+    except Exception as exc:
+        raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
+
+
+def _to_copy(src_files: dict[str, dict[str, Any]], dst_files: dict[str, dict[str, Any]], source: _Side, dest: _Side,
+             batch: int, parallel: int) -> list[_File]:
+    """The files of SRC not already at DST, in path order: by the listings where they tell (sizes, stated
+    MD5s), else by MD5s computed ``parallel * 4`` files at a time, ``batch * parallel`` files a round."""
+    same = {rel: _same(info, dst_files.get(rel)) for rel, info in src_files.items()}
+    unsure = [rel for rel, known in same.items() if known is None]
+    with ThreadPoolExecutor(parallel * 4) as pool:
+        for part in _batches(unsure, batch * parallel):
+            verdicts = pool.map(_same_by_reading, part, [src_files[rel] for rel in part],
+                                [dst_files[rel] for rel in part], repeat(source), repeat(dest))
+            same.update(zip(part, verdicts))
+    return [_File(rel, int(src_files[rel].get("size") or 0)) for rel in sorted(rel for rel in src_files if not same[rel])]
+
+
+def _copy_small(files: Sequence[_File], source: _Side, dest: _Side, what: str) -> tuple[list[_Failure], int]:
+    """Read ``files`` in one batched call and write them in another. Returns the files that could not be
+    read or written, and the bytes written."""
+    datas = read_bytes([source.url(f.rel) for f in files], source.options)
+    failures, out, target_of = [], {}, {}
+    for file, data in zip(files, datas):
+        if isinstance(data, Exception):
+            failures.append(_Failure(file.rel, f"read failed: {type(data).__name__}: {data}"))
+        else:
+            out[dest.path(file.rel)], target_of[dest.path(file.rel)] = data, file
+    refused = _write_all(dest.fs, out, what) if out else {}
+    failures += [_Failure(target_of[path].rel, reason) for path, reason in refused.items()]
+    return failures, sum(len(data) for path, data in out.items() if path not in refused)
+
+
+def _copy_big(file: _File, source: _Side, dest: _Side) -> _Failure | None:
+    """Stream one big file across (see :func:`_copy_stream`); returns its failure, if it failed for good."""
+    try:
+        _copy_stream(source.fs, source.path(file.rel), dest.fs, dest.path(file.rel))
+    except Exception as exc:
+        if retry.is_transient(exc):  # the storage is down, not a file refused: stop, a re-run resumes
+            raise
+        return _Failure(file.rel, f"copy failed: {type(exc).__name__}: {exc}")
+    return None
+
+
+def _copy_batch(files: Sequence[_File], source: _Side, dest: _Side, what: str,
+                advance: Callable[[int], None]) -> list[_Failure]:
+    """Copy one batch: the small files read and written a batch at a time, the big ones streamed one by
+    one. Reports the bytes done to ``advance`` as it goes; returns the files that failed."""
+    small = [f for f in files if not f.streamed]
+    failures, written = _copy_small(small, source, dest, what)
+    advance(written)
+    for file in (f for f in files if f.streamed):
+        failure = _copy_big(file, source, dest)
+        failures += [failure] if failure else []
+        advance(file.size)
+    return failures
+
+
+class _Progress:
+    """A progress bar that copy threads may advance at once (its count behind a lock)."""
+
+    def __init__(self, bar: Any):
+        self._bar, self._lock = bar, threading.Lock()
+
+    def __call__(self, nbytes: int) -> None:
+        with self._lock:
+            self._bar.update(nbytes)
+
+
 def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
          dst_storage_options: dict[str, Any] | None = None, batch: int = 64, parallel: int = 4,
          progress: bool = True) -> SyncReport:
@@ -149,7 +287,17 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
     Returns
     -------
     SyncReport
-        Files that could not be read or written are listed in ``failures``; the rest are copied.
+        Files that could not be read or written are listed in ``failures``, batch by batch in path
+        order; the rest are copied.
+
+    Raises
+    ------
+    SourceError
+        ``src`` cannot be reached or holds no files.
+    ConfigError
+        ``dst`` cannot be reached, or ``batch`` or ``parallel`` is below 1.
+    StorageError
+        The storage kept failing after retries; what was copied stays, and a re-run resumes.
 
     Examples
     --------
@@ -163,64 +311,22 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
         raise ConfigError(f"batch {batch!r} and parallel {parallel!r} must be at least 1")
     started = time.perf_counter()
     src_opts = dict(storage_options or {})
-    dst_opts = dict(src_opts if dst_storage_options is None else dst_storage_options)
-    try:
-        src_fs, src_root = url_to_fs(str(src), **src_opts)
-        src_files = _tree(src_fs, src_root.rstrip("/") or src_root)
-    except Exception as exc:
-        raise SourceError(f"SRC {src!r} cannot be reached: {exc}") from None
-    if not src_files:
-        raise SourceError(f"SRC {src!r} does not exist or holds no files")
-    try:
-        dst_fs, dst_root = url_to_fs(str(dst), **dst_opts)
-        dst_root = dst_root.rstrip("/") or dst_root
-        dst_files = _tree(dst_fs, dst_root)
-    except Exception as exc:
-        raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
-    src_root = src_root.rstrip("/") if not src_fs.isfile(src_root) else posixpath.dirname(src_root)
-    sides = ((src_fs, src_root), (dst_fs, dst_root))
-    same = {rel: _same(info, dst_files.get(rel)) for rel, info in src_files.items()}
-    unsure = [rel for rel, known in same.items() if known is None]
-    with ThreadPoolExecutor(parallel * 4) as pool:  # the files to hash, side by side, a batch at a time
-        for start in range(0, len(unsure), batch * parallel):
-            part = unsure[start : start + batch * parallel]
-            same.update(zip(part, pool.map(lambda rel: _same_by_reading(rel, src_files[rel], dst_files[rel], *sides), part)))
-    todo = sorted(rel for rel in src_files if not same[rel])
-    failures: list[tuple[str, str]] = []
-    bar = tqdm(total=sum(int(src_files[r].get("size") or 0) for r in todo), unit="B", unit_scale=True,
-               desc="sync", disable=not progress, file=sys.stderr)
-
-    def copy(rels: list[str]) -> None:
-        small = [r for r in rels if int(src_files[r].get("size") or 0) <= STREAM_ABOVE]
-        datas = read_bytes([src_fs.unstrip_protocol(posixpath.join(src_root, r)) for r in small], src_opts)
-        out = {}
-        for rel, data in zip(small, datas):
-            if isinstance(data, Exception):
-                failures.append((rel, f"read failed: {type(data).__name__}: {data}"))
-            else:
-                out[posixpath.join(dst_root, rel)] = data
-        refused = _write_all(dst_fs, out, dst) if out else {}
-        failures.extend((posixpath.relpath(path, dst_root), reason) for path, reason in refused.items())
-        bar.update(sum(len(d) for p, d in out.items() if p not in refused))
-        for rel in sorted(set(rels) - set(small)):
-            try:
-                _copy_stream(src_fs, posixpath.join(src_root, rel), dst_fs, posixpath.join(dst_root, rel))
-            except Exception as exc:
-                if retry.is_transient(exc):
-                    raise
-                failures.append((rel, f"copy failed: {type(exc).__name__}: {exc}"))
-            bar.update(int(src_files[rel].get("size") or 0))
-
+    source, src_files = _open_source(src, src_opts)
+    dest, dst_files = _open_dest(dst, dict(src_opts if dst_storage_options is None else dst_storage_options))
+    todo = _to_copy(src_files, dst_files, source, dest, batch, parallel)
+    bar = tqdm(total=sum(f.size for f in todo), unit="B", unit_scale=True, desc="sync", disable=not progress,
+               file=sys.stderr)
     with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(copy, [todo[i : i + batch] for i in range(0, len(todo), batch)]))
+        done = pool.map(_copy_batch, _batches(todo, batch), repeat(source), repeat(dest), repeat(str(dst)),
+                        repeat(_Progress(bar)))
+        failures = [failure for batch_failures in done for failure in batch_failures]
     bar.close()
-    failed = {rel for rel, _ in failures}
-    copied = [r for r in todo if r not in failed]
+    failed = {f.path for f in failures}
+    copied = [f for f in todo if f.rel not in failed]
     return SyncReport(src=str(src), dst=str(dst), total=len(src_files), copied=len(copied),
                       skipped=len(src_files) - len(todo), failed=len(failed),
-                      bytes_copied=sum(int(src_files[r].get("size") or 0) for r in copied),
-                      seconds=time.perf_counter() - started,
-                      failures=pd.DataFrame(failures, columns=["path", "error"]))
+                      bytes_copied=sum(f.size for f in copied), seconds=time.perf_counter() - started,
+                      failures=pd.DataFrame([(f.path, f.error) for f in failures], columns=["path", "error"]))
 
 
 def _copy_stream(src_fs, src_path: str, dst_fs, dst_path: str) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
+import re
 
 import pytest
 
@@ -74,3 +77,58 @@ def test_errors_are_builtin_subclasses_and_pickle():
     again = pickle.loads(pickle.dumps(err))
     assert type(again) is ConfigError and str(again) == str(err)
     assert OutputFormat.ZARR.is_array and not OutputFormat.PNG.is_array
+
+
+#: Configs that, between them, set every field of PresizeConfig to something other than its default.
+NON_DEFAULT_CONFIGS = {
+    "pad-webp": PresizeConfig.build(sizes=[64, "224x160"], mode="pad", format="webp", labels="none", chunk=7,
+                                    resample="lanczos", background="#102030", pad_color=(1, 2, 3), quality=55,
+                                    formats=["jpeg", "png"], draft_factor=4),
+    "shortest-jpeg": PresizeConfig.build(sizes=[160], mode="shortest", format="jpeg", only_if_bigger=True,
+                                         max_pixels=1_000_000, draft_factor=1.5),
+    "zarr-zstd-masks": PresizeConfig.build(sizes=["32x16"], mode="squash", compression="zstd", masks=True,
+                                           draft_factor=8, chunk=3),
+}
+
+
+@pytest.mark.parametrize("through", ["to_dict", "to_json"])
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT_CONFIGS))
+def test_from_dict_gives_back_every_field_of_a_non_default_config(name, through):
+    cfg = NON_DEFAULT_CONFIGS[name]
+    data = cfg.to_dict() if through == "to_dict" else json.loads(cfg.to_json())
+    again = PresizeConfig.from_dict(data)
+    for field in dataclasses.fields(PresizeConfig):
+        assert getattr(again, field.name) == getattr(cfg, field.name), field.name
+    assert again == cfg and again.to_json() == cfg.to_json()
+
+
+def test_the_round_trip_configs_leave_no_field_at_its_default():
+    default = PresizeConfig()
+    untouched = [f.name for f in dataclasses.fields(PresizeConfig)
+                 if all(getattr(cfg, f.name) == getattr(default, f.name) for cfg in NON_DEFAULT_CONFIGS.values())]
+    assert untouched == []
+
+
+def test_from_dict_of_an_output_written_without_draft_factor_takes_the_default():
+    data = PresizeConfig.build(sizes=[48], mode="squash").to_dict()
+    del data["draft_factor"]  # outputs written before the key was kept
+    assert PresizeConfig.from_dict(data) == PresizeConfig.build(sizes=[48], mode="squash", draft_factor=2.0)
+    assert PresizeConfig.from_dict(data).draft_factor == 2.0
+
+
+@pytest.mark.parametrize("value,expected", [(1, 1.0), (4, 4.0), (2.5, 2.5), ("3", 3.0), (8.0, 8.0)])
+def test_build_accepts_a_draft_factor_between_1_and_8(value, expected):
+    assert PresizeConfig.build(draft_factor=value).draft_factor == expected
+
+
+@pytest.mark.parametrize("value,match", [
+    (0.5, "draft_factor 0.5 must be between 1 and 8"),
+    (9, "draft_factor 9.0 must be between 1 and 8"),
+    (float("nan"), "draft_factor nan must be between 1 and 8"),
+    ("lots", "draft_factor 'lots' is not a number"),
+    (None, "draft_factor None is not a number"),
+    (True, "draft_factor True is not a number"),
+])
+def test_build_rejects_a_bad_draft_factor_naming_it(value, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        PresizeConfig.build(draft_factor=value)

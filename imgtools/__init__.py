@@ -14,7 +14,8 @@ from .config import PresizeConfig, ResizeMode, OutputFormat, Size  # noqa: E402
 from .errors import ConfigError, DecodeError, DestinationError, ImgtoolsError, SourceError, UnsupportedError  # noqa: E402
 from .inspect import InspectReport, inspect  # noqa: E402
 from .pipeline import PresizeReport, presize  # noqa: E402
-from .readers import Dataset, from_array, open, read_images, to_array  # noqa: E402,A004
+from .readers import Dataset, open  # noqa: E402,A004
+from .spark import from_array, read_images, to_array  # noqa: E402
 
 __all__ = [
     "__version__",

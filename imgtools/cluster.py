@@ -1,19 +1,30 @@
-"""Get or make a Dask client, and a dashboard link that works where the notebook or shell runs."""
+"""Where a job runs (this process, a given or current client, a named scheduler, a new local cluster), and
+a dashboard link that works where the notebook or shell runs.
+
+Every entry point (``presize``, ``derive``, ``inspect``) decides with :func:`where_to_run`; this module is
+the only one that reads ``$DASK_SCHEDULER_ADDRESS`` (:func:`scheduler_address`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
 import urllib.parse
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Self
 
 from .errors import ConfigError
 from .memory import WORKER_ENV_OVERRIDES
 
-__all__ = ["get_client", "client_for_run", "current_client", "dashboard_link"]
+if TYPE_CHECKING:
+    from distributed import Client
 
+__all__ = ["where_to_run", "Placement", "get_client", "current_client", "scheduler_address", "dashboard_link"]
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::1"})
 
@@ -47,7 +58,43 @@ def dashboard_link(client) -> str | None:
     return link
 
 
-def get_client(scheduler: str | None = None, workers: int | None = None, show: bool = False):
+def scheduler_address(scheduler: str | None = None) -> str | None:
+    """``scheduler`` if given, else ``$DASK_SCHEDULER_ADDRESS``, else None: the one place imgtools reads
+    that variable.
+
+    Examples
+    --------
+    >>> scheduler_address("tcp://10.0.0.5:8786")
+    'tcp://10.0.0.5:8786'
+    """
+    return scheduler or os.environ.get(SCHEDULER_ENV) or None
+
+
+def _connect(address: str) -> Client:
+    """A client of the scheduler at ``address``; ConfigError naming it when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="20s")
+    except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
+        raise ConfigError(f"scheduler {address!r} cannot be reached: {exc}") from None
+
+
+def _local_cluster(workers: int | None) -> Client:
+    """A client of a new LocalCluster of ``workers`` single-threaded worker processes (default: one per core)."""
+    from distributed import Client, LocalCluster
+
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    if n < 1:
+        raise ConfigError(f"workers {n!r} must be at least 1")
+    import dask
+
+    with dask.config.set(WORKER_ENV_OVERRIDES):  # and so the nanny leaves this process's environment alone
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787")
+    return Client(cluster)
+
+
+def get_client(scheduler: str | None = None, workers: int | None = None, show: bool = False) -> Client:
     """A Dask client: connect to ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), or start a local cluster
     with ``workers`` single-threaded worker processes (default: one per core). ``show`` prints the
     dashboard link (see :func:`dashboard_link`): the one call a notebook needs.
@@ -57,31 +104,14 @@ def get_client(scheduler: str | None = None, workers: int | None = None, show: b
     >>> client = get_client(workers=2)           # doctest: +SKIP
     >>> print(dashboard_link(client))            # doctest: +SKIP
     """
-    from distributed import Client, LocalCluster
-
-    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        try:
-            client = Client(address, timeout="20s")
-        except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
-            raise ConfigError(f"scheduler {address!r} cannot be reached: {exc}") from None
-        if show:
-            print(f"dashboard: {dashboard_link(client)}")
-        return client
-    n = workers if workers is not None else (os.cpu_count() or 1)
-    if n < 1:
-        raise ConfigError(f"workers {n!r} must be at least 1")
-    import dask
-
-    with dask.config.set(WORKER_ENV_OVERRIDES):  # and so the nanny leaves this process's environment alone
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787")
-    client = Client(cluster)
+    address = scheduler_address(scheduler)
+    client = _connect(address) if address else _local_cluster(workers)
     if show:
         print(f"dashboard: {dashboard_link(client)}")
     return client
 
 
-def current_client():
+def current_client() -> Client | None:
     """The client this process already uses (``distributed.default_client``), or None."""
     from distributed import default_client
 
@@ -91,22 +121,130 @@ def current_client():
         return None
 
 
-@contextlib.contextmanager
-def client_for_run(client=None, scheduler: str | None = None, workers: int | None = None) -> Iterator:
-    """Use ``client`` if given, else the current default client, else one made by :func:`get_client`
-    (closed, with its cluster, when the run ends)."""
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a job runs, as :func:`where_to_run` decided it.
+
+    Attributes
+    ----------
+    existing : distributed.Client or None
+        The client every job runs on: the one given, one connected to a named scheduler, or the current
+        default client. None: decided per job by :meth:`client`.
+    workers : int or None
+        Without ``existing``: ``0`` runs in this process; ``N`` starts a local cluster of N processes for
+        each job; None one of one process per core, except that a job of one task runs in this process.
+    owned : bool
+        ``existing`` was connected by :func:`where_to_run`: :meth:`close` (or leaving a ``with``) closes it.
+
+    Examples
+    --------
+    >>> with where_to_run(workers=0) as where, where.client(tasks=10) as client:
+    ...     print(client)            # None: run the tasks in this process, without Dask
+    None
+    """
+
+    existing: Client | None = None
+    workers: int | None = None
+    owned: bool = False
+
+    @contextlib.contextmanager
+    def client(self, tasks: int) -> Iterator[Client | None]:
+        """The client to run a job of ``tasks`` tasks on, or None to run it in this process.
+
+        A local cluster started for the job is closed when the ``with`` block ends; ``existing`` is not.
+
+        Parameters
+        ----------
+        tasks : int
+            Tasks the job has (chunks, partitions). Without ``existing`` and with the default ``workers``,
+            a job of one task runs in this process, as starting a cluster would take longer than the work.
+            A job of none runs nowhere: None.
+
+        Yields
+        ------
+        distributed.Client or None
+
+        Examples
+        --------
+        >>> with Placement(workers=None).client(tasks=1) as client:
+        ...     print(client)
+        None
+        """
+        if tasks >= 1 and self.existing is not None:
+            yield self.existing
+            return
+        if tasks < 1 or self.workers == 0 or (self.workers is None and tasks == 1):
+            yield None
+            return
+        made = _local_cluster(self.workers)
+        try:
+            yield made
+        finally:
+            cluster = made.cluster
+            made.close()
+            if cluster is not None:
+                cluster.close()
+
+    def close(self) -> None:
+        """Close ``existing`` if :func:`where_to_run` connected it (a named scheduler); else nothing."""
+        if self.owned and self.existing is not None:
+            self.existing.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def where_to_run(client: Any = None, scheduler: str | None = None, workers: int | None = None) -> Placement:
+    """Decide where a job runs; the one rule every entry point follows.
+
+    In order: ``client`` if given; else a named scheduler (``scheduler``, or ``$DASK_SCHEDULER_ADDRESS``
+    when no client is current and ``workers`` is None), connected to here and now, so that a bad address
+    fails before anything is written; else ``workers=0``: this process, without Dask; else the current
+    default client when ``workers`` is None; else, per job (:meth:`Placement.client`), this process for a
+    job of one task when ``workers`` is None, or a new local cluster of ``workers`` processes (one per core
+    by default) closed at the end of the job.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Run on this client (it is not closed).
+    scheduler : str, optional
+        Address of a running Dask scheduler (then leave ``workers`` out).
+    workers : int, optional
+        Worker processes of a local cluster; ``0`` runs in this process.
+
+    Returns
+    -------
+    Placement
+        Use it in a ``with`` block: a scheduler it connected to is closed at the end.
+
+    Raises
+    ------
+    ConfigError
+        ``workers`` below 0, both ``scheduler`` and ``workers``, or a scheduler that cannot be reached.
+
+    Examples
+    --------
+    >>> where_to_run(workers=0)
+    Placement(existing=None, workers=0, owned=False)
+    >>> with where_to_run(scheduler="tcp://10.0.0.5:8786") as where, where.client(len(chunks)) as client:  # doctest: +SKIP
+    ...     results = [work(c) for c in chunks] if client is None else client.gather(client.map(work, chunks))
+    """
+    if workers is not None and workers < 0:
+        raise ConfigError(f"workers {workers!r} must be 0 (in this process) or more")
+    if scheduler is not None and workers is not None:
+        raise ConfigError(f"give a scheduler ({scheduler!r}) or workers ({workers!r}), not both")
     if client is not None:
-        yield client
-        return
-    current = current_client() if scheduler is None and workers is None else None
+        return Placement(existing=client)
+    current = current_client() if workers is None else None
+    named = scheduler or (scheduler_address() if workers is None and current is None else None)
+    if named:
+        return Placement(existing=_connect(named), owned=True)  # reached before DEST is touched
+    if workers == 0:
+        return Placement(workers=0)
     if current is not None:
-        yield current
-        return
-    made = get_client(scheduler, workers)
-    try:
-        yield made
-    finally:
-        cluster = made.cluster
-        made.close()
-        if cluster is not None:
-            cluster.close()
+        return Placement(existing=current)
+    return Placement(workers=workers)

@@ -18,10 +18,10 @@ import dask.array as da
 import numpy as np
 from dask_image.ndfilters import gaussian_filter
 
-from .cluster import client_for_run
+from .cluster import Placement, where_to_run
 from .config import PresizeConfig, Size, parse_size
 from .errors import ConfigError, SourceError
-from .sinks import MANIFEST, NpySink, ZarrSink, make_sink
+from .sinks import Sink, detect
 
 __all__ = ["derive", "DeriveReport", "resample_block", "nearest_block"]
 
@@ -92,10 +92,20 @@ def derive(
 ) -> DeriveReport:
     """Add smaller sizes to a presized zarr or npy output, computed from ``source_size`` (e.g. ``224x224``).
 
+    ``client``, ``scheduler`` and ``workers`` choose where, as for :func:`imgtools.presize` (see
+    :func:`imgtools.cluster.where_to_run`); each chunk of images is one task.
+
     Examples
     --------
     >>> derive("photos.zarr", "224x224", [112, 64])          # doctest: +SKIP
     """
+    with where_to_run(client, scheduler, workers) as where:  # a named scheduler is reached before DEST is read
+        return _derive(dest, source_size, sizes, where, storage_options)
+
+
+def _derive(dest: str, source_size: str, sizes: Iterable[int | str], where: Placement,
+            storage_options: dict[str, Any] | None) -> DeriveReport:
+    """derive() once where it runs is decided."""
     started = time.perf_counter()
     attrs, sink = _open(dest, storage_options)
     info = attrs["imgtools"]
@@ -122,10 +132,10 @@ def derive(
             small = masks.map_blocks(nearest_block, t.height, t.width, dtype=np.uint8,
                                      chunks=(masks.chunks[0], (t.height,), (t.width,)))
             writes.append(_store(sink, key, t, small, masks=True))
-    if workers == 0 and client is None and scheduler is None:
-        dask.compute(writes, scheduler="synchronous")
-    else:
-        with client_for_run(client, scheduler, workers) as dask_client:
+    with where.client(images.numblocks[0]) as dask_client:  # one task per chunk of images
+        if dask_client is None:
+            dask.compute(writes, scheduler="synchronous")
+        else:
             dask_client.compute(writes, sync=True)
     info["sizes"] = info["sizes"] + keys
     info.setdefault("derived", {}).update({k: {"from": source_size, "sigma": "0.25/scale"} for k in keys})
@@ -134,20 +144,17 @@ def derive(
                         seconds=time.perf_counter() - started)
 
 
-def _open(dest: str, storage_options) -> tuple[dict[str, Any], ZarrSink | NpySink]:
-    for fmt in ("zarr", "npy"):
-        sink = make_sink(dest, PresizeConfig.build(format=fmt), storage_options)
-        attrs = sink.read_attrs()
-        if attrs and "imgtools" in attrs and sink.fs.exists(sink.path(MANIFEST)):
-            config = PresizeConfig.from_dict(attrs["imgtools"]["config"])
-            if config.format.is_array:
-                return attrs, make_sink(dest, config, storage_options)  # type: ignore[return-value]
-    raise SourceError(f"DEST {dest!r} is not a complete zarr or npy output of imgtools presize")
+def _open(dest: str, storage_options) -> tuple[dict[str, Any], Sink]:
+    try:
+        output = detect(dest, storage_options)
+    except SourceError:
+        output = None
+    if output is None or not output.config.format.is_array:
+        raise SourceError(f"DEST {dest!r} is not a complete zarr or npy output of imgtools presize")
+    return {"imgtools": output.info}, output.sink
 
 
-def _load(sink, key: str, size: Size, n: int, masks: bool = False) -> da.Array:
-    if isinstance(sink, ZarrSink):
-        return da.from_zarr(sink.group("r")[f"{key}/{'masks' if masks else 'images'}"])
+def _load(sink: Sink, key: str, size: Size, n: int, masks: bool = False) -> da.Array:
     chunk = sink.config.chunk
     tail = (size.height, size.width) + (() if masks else (3,))
     parts = [da.from_delayed(dask.delayed(sink.read_part)(key, i, masks), (min(chunk, n - start),) + tail, dtype=np.uint8)
@@ -155,8 +162,6 @@ def _load(sink, key: str, size: Size, n: int, masks: bool = False) -> da.Array:
     return da.concatenate(parts)
 
 
-def _store(sink, key: str, size: Size, out: da.Array, masks: bool = False):
-    if isinstance(sink, ZarrSink):
-        target = sink.create_images(sink.group("r+"), key, out.shape[0], size, masks=masks)
-        return da.store(out, target, lock=False, compute=False)
+def _store(sink: Sink, key: str, size: Size, out: da.Array, masks: bool = False):
+    sink.create_size(key, out.shape[0], size, masks=masks)
     return [dask.delayed(sink.write_part)(key, i, block, masks) for i, block in enumerate(out.to_delayed().ravel())]

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from .cluster import client_for_run
+from .cluster import where_to_run
 from .config import LabelSource, PresizeConfig
 from .decode import decode
 from .errors import DecodeError
-from .readers import save_png
+from .pictures import save_png
 from . import archives
 from .sources import list_source, read_bytes
 
@@ -125,20 +125,23 @@ def inspect(source: str, *, config: PresizeConfig | None = None, client: Any = N
             partition: int = 256) -> InspectReport:
     """Look at every file of ``source`` (decoding each, JPEGs at 1/8 scale) on the cluster.
 
+    ``client``, ``scheduler`` and ``workers`` choose where, as for :func:`imgtools.presize` (see
+    :func:`imgtools.cluster.where_to_run`); ``partition`` files make one task.
+
     Examples
     --------
     >>> print(imgtools.inspect("photos/"))      # doctest: +SKIP
     """
     config = config or PresizeConfig()
-    items = list_source(source, LabelSource.NONE, storage_options).items
-    parts = [items.iloc[s : s + partition] for s in range(0, len(items), partition)]
-    auto = client is None and scheduler is None and workers is None
-    if workers == 0 or (auto and len(parts) == 1):
-        frames = [inspect_files(p, config, storage_options) for p in parts]
-    else:
-        import dask.bag as db
+    with where_to_run(client, scheduler, workers) as where:  # a named scheduler is reached before listing
+        items = list_source(source, LabelSource.NONE, storage_options).items
+        parts = [items.iloc[s : s + partition] for s in range(0, len(items), partition)]
+        with where.client(len(parts)) as dask_client:
+            if dask_client is None:
+                frames = [inspect_files(p, config, storage_options) for p in parts]
+            else:
+                import dask.bag as db
 
-        with client_for_run(client, scheduler, workers) as dask_client:
-            bag = db.from_sequence(parts, npartitions=len(parts)).map(inspect_files, config, storage_options)
-            frames = dask_client.compute(bag, sync=True)
+                bag = db.from_sequence(parts, npartitions=len(parts)).map(inspect_files, config, storage_options)
+                frames = dask_client.compute(bag, sync=True)
     return InspectReport(source=str(source), files=pd.concat(frames, ignore_index=True))

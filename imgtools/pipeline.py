@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import os
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ._version import __version__
-from .cluster import client_for_run, current_client, dashboard_link, get_client
+from .cluster import Placement, dashboard_link, where_to_run
 from .config import PresizeConfig, Size
 from .errors import ConfigError
 from .engine import manifest_frame, process_chunk, process_one, result_columns
@@ -131,23 +130,12 @@ def presize(
                                      format=format or "zarr")
     elif sizes is not None or mode is not None or format is not None:
         raise TypeError("give either config= or sizes/mode/format, not both")
-    if workers is not None and workers < 0:
-        raise ConfigError(f"workers {workers!r} must be 0 (in this process) or more")
-    if scheduler is not None and workers is not None:
-        raise ConfigError(f"give a scheduler ({scheduler!r}) or workers ({workers!r}), not both")
-    owned = None
-    named = scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS") if workers is None and current_client() is None else None)
-    if client is None and named:
-        client = owned = get_client(named)  # a named scheduler is reached before DEST is touched
-    try:
-        return _presize(source, dest, config, client, workers, storage_options, masks, overwrite, progress)
-    finally:
-        if owned is not None:
-            owned.close()
+    with where_to_run(client, scheduler, workers) as where:  # a named scheduler is reached before DEST is touched
+        return _presize(source, dest, config, where, storage_options, masks, overwrite, progress)
 
 
-def _presize(source, dest, config, client, workers, storage_options, masks, overwrite, progress) -> PresizeReport:
-    """presize() once a named scheduler has become ``client``."""
+def _presize(source, dest, config, where: Placement, storage_options, masks, overwrite, progress) -> PresizeReport:
+    """presize() once where it runs is decided."""
     started = time.perf_counter()
     listing = list_source(source, config.labels, storage_options, masks=masks)
     items = listing.items
@@ -161,16 +149,14 @@ def _presize(source, dest, config, client, workers, storage_options, masks, over
         parts, todo = _plan_chunks(items, config.chunk, done, sink.positional)
         bar = _progress(len(items), progress)
         bar.update(sum(len(rows) for rows in parts.values()))
-        pending = sum(len(part) for _, part, _ in todo)
-        auto = client is None and workers is None and current_client() is None
-        if todo and ((workers == 0 and client is None) or (auto and pending <= config.chunk)):
-            # in this process: asked for, or one chunk of work, which takes less than starting a cluster
-            with archives.closing_streams():  # one thread: a compressed tar's stream goes on from chunk to chunk
-                for i, part, reuse in todo:
-                    parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
-                    bar.update(len(part))
-        elif todo:
-            parts.update(_run_on_dask(todo, items, config, storage_options, sink, bar, client, workers, progress))
+        with where.client(len(todo)) as dask_client:
+            if dask_client is not None:
+                parts.update(_run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress))
+            else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
+                with archives.closing_streams():  # one thread: a compressed tar's stream goes on from chunk to chunk
+                    for i, part, reuse in todo:
+                        parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
+                        bar.update(len(part))
         bar.close()
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
         if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
@@ -232,38 +218,37 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional
     return parts, todo
 
 
-def _run_on_dask(todo, items, config, storage_options, sink, bar, client, workers, progress) -> dict[int, pd.DataFrame]:
+def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> dict[int, pd.DataFrame]:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
 
-    with client_for_run(client, None, workers) as dask_client:
-        if progress:
-            link = dashboard_link(dask_client)
-            if link:
-                bar.write(f"dashboard: {link}", file=sys.stderr)
-        # one partition per task of whole chunks: no two tasks ever write the same chunk
-        tasks = _tasks(todo, items, config.chunk)
-        bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options)
-        futures = dask_client.compute(bag.to_delayed(), retries=2)
-        if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
-            from distributed import progress as dask_progress
+    if progress:
+        link = dashboard_link(dask_client)
+        if link:
+            bar.write(f"dashboard: {link}", file=sys.stderr)
+    # one partition per task of whole chunks: no two tasks ever write the same chunk
+    tasks = _tasks(todo, items, config.chunk)
+    bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options)
+    futures = dask_client.compute(bag.to_delayed(), retries=2)
+    if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
+        from distributed import progress as dask_progress
 
-            with contextlib.suppress(Exception):  # ipywidgets missing: the text bar below still reports
-                dask_progress(futures, notebook=True, multi=False)
-        task_of = {f.key: task for f, task in zip(futures, tasks)}
-        out: dict[int, pd.DataFrame] = {}
-        try:
-            for future in as_completed(futures, loop=dask_client.loop):
-                try:
-                    pairs = [pair for group in future.result() for pair in group]
-                except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
-                    pairs = [_isolate(dask_client, chunk, config, storage_options, sink, bar) for chunk in task_of[future.key]]
-                for index, rows in pairs:
-                    out[index] = rows
-                    bar.update(len(rows))
-        finally:
-            dask_client.cancel(futures)
-        return out
+        with contextlib.suppress(Exception):  # ipywidgets missing: the text bar below still reports
+            dask_progress(futures, notebook=True, multi=False)
+    task_of = {f.key: task for f, task in zip(futures, tasks)}
+    out: dict[int, pd.DataFrame] = {}
+    try:
+        for future in as_completed(futures, loop=dask_client.loop):
+            try:
+                pairs = [pair for group in future.result() for pair in group]
+            except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
+                pairs = [_isolate(dask_client, chunk, config, storage_options, sink, bar) for chunk in task_of[future.key]]
+            for index, rows in pairs:
+                out[index] = rows
+                bar.update(len(rows))
+    finally:
+        dask_client.cancel(futures)
+    return out
 
 
 def _tasks(todo: list, items: pd.DataFrame, chunk: int) -> list[list]:

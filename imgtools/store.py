@@ -33,7 +33,8 @@ from .chunkcache import BoundCache, MemoryCache
 from .config import OutputFormat, parse_size
 from .location import Location
 
-__all__ = ["Part", "Reader", "ArrayReader", "FileReader", "ZarrLayout", "NpyLayout", "make_reader"]
+__all__ = ["Part", "Reader", "ArrayReader", "FileReader", "ArrayLayout", "ZarrLayout", "NpyLayout", "LAYOUTS",
+           "make_reader"]
 
 #: Remote chunks fetched ahead at most, per process.
 PREFETCH = 8
@@ -53,7 +54,10 @@ class Part:
 
 
 class ArrayLayout(abc.ABC):
-    """How an array output names and encodes its chunk files."""
+    """How an array output names and encodes its chunk files (made from the output's location and sizes)."""
+
+    def __init__(self, location: Location, sizes: Sequence[str]):
+        """Nothing to read ahead by default."""
 
     @abc.abstractmethod
     def part(self, size: str, k: int, rows: int) -> Part:
@@ -372,6 +376,10 @@ def _cat_ranges(fs, path: str, starts: list[int], nbytes: int) -> list[bytes]:
     return got
 
 
+#: The array layouts, by format (every other format is image files).
+LAYOUTS: dict[OutputFormat, type[ArrayLayout]] = {OutputFormat.ZARR: ZarrLayout, OutputFormat.NPY: NpyLayout}
+
+
 def make_reader(location: Location, fmt: OutputFormat, sizes: Sequence[str], chunk: int, relpaths: Sequence[str],
                 ok: np.ndarray, **kwargs: Any) -> Reader:
     """The reader of an output of format ``fmt`` at ``location``.
@@ -381,8 +389,6 @@ def make_reader(location: Location, fmt: OutputFormat, sizes: Sequence[str], chu
     >>> make_reader(Location.resolve("memory://none"), OutputFormat.PNG, ["8x8"], 4, ["a.png"], np.ones(1, bool)).n
     1
     """
-    if fmt is OutputFormat.ZARR:
-        return ArrayReader(location, ZarrLayout(location, sizes), chunk, len(relpaths), **kwargs)
-    if fmt is OutputFormat.NPY:
-        return ArrayReader(location, NpyLayout(), chunk, len(relpaths), **kwargs)
+    if fmt in LAYOUTS:
+        return ArrayReader(location, LAYOUTS[fmt](location, sizes), chunk, len(relpaths), **kwargs)
     return FileReader(location, relpaths, ok, fmt, chunk, **kwargs)

@@ -11,7 +11,7 @@ from PIL import Image
 import imgtools
 from conftest import encode, gradient
 from imgtools.errors import ConfigError
-from imgtools.readers import IMAGE_SCHEMA, from_array, to_array
+from imgtools.spark import IMAGE_SCHEMA, from_array, to_array
 
 RGB = gradient(7, 5)
 RGBA = np.dstack([RGB, np.arange(35, dtype=np.uint8).reshape(5, 7) * 7])

@@ -1,41 +1,30 @@
-"""The sink interface: DEST on any fsspec URL, the job record, the run lock, done markers, the manifest.
+"""The layout interface: how one output form lays out its files in DEST, on any fsspec URL.
 
-A sink is made on the client, pickled to the workers, and used in three steps: :meth:`Sink.prepare`
-(client: take the lock, check DEST against the job, create the empty output), :meth:`Sink.write`
-(worker: one chunk, then its done marker, last) and :meth:`Sink.finalize` (client: ``manifest.parquet``,
-then the attributes that mark the output complete). A chunk counts as done only when its marker can be
-read, so an interrupted run redoes exactly the chunks whose output may be incomplete.
+A sink is a layout that owns a :class:`~imgtools.sinks.ledger.RunLedger` (the job record, the run lock,
+done markers, the manifest). It is made on the client, pickled to the workers, and used in three steps:
+:meth:`Sink.prepare` (client: the ledger locks DEST and checks the job, the layout creates its empty output),
+:meth:`Sink.write` (worker: one chunk of data, then its done marker, last) and :meth:`Sink.finalize`
+(client: what the layout derives from the manifest, ``manifest.parquet``, then the attributes that mark the
+output complete). :func:`~imgtools.sinks.detect` finds the layout of a finished output from its attributes.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import io
 import json
-import os
 import posixpath
-import socket
-import time
-import uuid
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from fsspec.core import url_to_fs
 
 from ..config import OutputFormat, PresizeConfig
-from ..errors import DestinationError
+from ..errors import UnsupportedError
+from ..location import Location
+from .ledger import ATTRS_FILE, JOB_FILE, LOCK_FILE, LOCK_TTL, MANIFEST, MARKER_DIR, RunLedger
 
 __all__ = ["Chunk", "Sink", "write_files", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "ATTRS_FILE", "LOCK_TTL"]
-
-JOB_FILE = ".imgtools/job.json"
-LOCK_FILE = ".imgtools/lock.json"
-MARKER_DIR = ".imgtools/chunks"
-MANIFEST = "manifest.parquet"
-ATTRS_FILE = "imgtools.json"
-#: Seconds after its last heartbeat that a lock of a run on another host counts as abandoned.
-LOCK_TTL = 120.0
 
 
 @dataclasses.dataclass
@@ -79,24 +68,8 @@ def write_files(fs, files: dict[str, bytes]) -> None:
         fs.pipe(files)
 
 
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False, engine="pyarrow")
-    return buf.getvalue()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Sink(abc.ABC):
-    """Base of every output form."""
+    """Base of every output form (a layout), owning the run ledger of its DEST."""
 
     format: ClassVar[OutputFormat]
     #: True when output rows are positions (arrays): the job then includes the exact input list, and a
@@ -104,22 +77,20 @@ class Sink(abc.ABC):
     #: so adding images to SOURCE and re-running only does the new ones (the presized-file cache).
     positional: ClassVar[bool] = True
 
-    def __init__(self, dest: str, config: PresizeConfig, storage_options: dict[str, Any] | None = None):
-        self.url = str(dest)
+    def __init__(self, dest: str | Location, config: PresizeConfig, storage_options: dict[str, Any] | None = None):
+        self.location = dest if isinstance(dest, Location) else Location.resolve(str(dest), storage_options)
+        self.url = self.location.url
         self.config = config
-        self.storage_options = dict(storage_options or {})
-        self.fs, root = url_to_fs(self.url, **self.storage_options)
-        self.root = root.rstrip("/") or root
-        self.run_id = uuid.uuid4().hex
-        self._locked = False
+        self.storage_options = self.location.storage_options
+        self.fs = self.location.fs
+        self.root = self.location.root
+        self.ledger = RunLedger(self.location, self.positional)
 
     def path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
+        return self.location.path(*parts)
 
     def put(self, relpath: str, data: bytes) -> None:
-        path = self.path(relpath)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        self.fs.pipe_file(path, data)
+        self.ledger.put(relpath, data)
 
     def put_all(self, files: dict[str, bytes]) -> None:
         """Write many files (bytes by relative path) in one call (see :func:`write_files`)."""
@@ -127,9 +98,8 @@ class Sink(abc.ABC):
 
     # ---- client side -------------------------------------------------------------------------------
     def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False) -> pd.DataFrame:
-        """Lock DEST for this run and get it ready for ``job`` (config and inputs) and the listed ``items``.
-
-        Returns the manifest rows that earlier runs of the same job finished (see :meth:`done_rows`).
+        """Lock DEST for this run and get it ready for ``job`` (config and inputs) and the listed ``items``
+        (see :meth:`RunLedger.prepare`); returns the manifest rows earlier runs of the same job finished.
 
         Raises
         ------
@@ -140,43 +110,24 @@ class Sink(abc.ABC):
             This form cannot hold the listed items (see :meth:`_check_items`); DEST is left untouched.
         """
         self._check_items(items)
-        ours = self.fs.exists(self.path(".imgtools"))
-        if not ours and self._nonempty():
-            raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; choose another DEST")
-        if ours:
-            self._check_lock()
-        if ours and overwrite:
-            self.fs.rm(self.root, recursive=True)
-            self.fs.invalidate_cache(self.root)  # what was listed before is gone
-            ours = False
-        previous = self._read_job() if ours else None
-        if ours and previous is not None and not self._same_job(previous, job):
-            raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
-                                   "use --overwrite to start again")
-        self.take_lock()
-        try:
-            self.fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
-            if previous is None:
-                self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
-            elif self.fs.exists(self.path(MANIFEST)):  # no longer complete while this run works
-                self.fs.rm_file(self.path(MANIFEST))
-            self._create(items)
-            return self.done_rows()
-        except BaseException:
-            self.release_lock()
-            raise
-
-    def _same_job(self, previous: dict[str, Any], job: dict[str, Any]) -> bool:
-        if self.positional:
-            return previous == job
-        return previous.get("config") == job.get("config")
+        return self.ledger.prepare(job, overwrite, lambda: self._create(items))
 
     def finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
         """Write what this form derives from the manifest, ``manifest.parquet``, then the attributes:
         an output is complete when its manifest exists."""
         self._finalize(manifest)
-        self.put(MANIFEST, _parquet_bytes(manifest))
+        self.ledger.write_manifest(manifest)
         self.write_attrs(attrs)
+
+    def take_lock(self) -> None:
+        """The run lock's heartbeat (see :meth:`RunLedger.take_lock`)."""
+        self.ledger.take_lock()
+
+    def release_lock(self) -> None:
+        self.ledger.release_lock()
+
+    def done_rows(self) -> pd.DataFrame:
+        return self.ledger.done_rows()
 
     def read_attrs(self) -> dict[str, Any] | None:
         """The attributes of a finished output (None when there are none)."""
@@ -189,75 +140,6 @@ class Sink(abc.ABC):
         """Record the attributes of the output (``imgtools.json``; zarr keeps them in the group)."""
         self.put(ATTRS_FILE, json.dumps(attrs, sort_keys=True, indent=1).encode())
 
-    def _nonempty(self) -> bool:
-        return self.fs.isdir(self.root) and bool(self.fs.ls(self.root, detail=False))
-
-    def _read_job(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.fs.cat_file(self.path(JOB_FILE)))
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            raise DestinationError(f"DEST {self.url!r} has a damaged job record; use --overwrite to start again") from None
-
-    def done_rows(self) -> pd.DataFrame:
-        """Manifest rows of every chunk whose marker is complete, with a ``chunk`` column; a marker that
-        cannot be read (a run killed while writing it) counts as not done."""
-        try:
-            listed = self.fs.ls(self.path(MARKER_DIR), detail=False)
-        except FileNotFoundError:  # object stores have no empty folders
-            listed = []
-        paths = sorted(p for p in listed if p.endswith(".parquet"))
-        blobs = self.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
-        frames = []
-        for path, blob in zip(paths, blobs):
-            try:
-                rows = pd.read_parquet(io.BytesIO(blob))
-            except Exception:  # missing or partial: the chunk is redone
-                continue
-            frames.append(rows.assign(chunk=int(posixpath.basename(path).split(".")[0])))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"chunk": [], "relpath": []})
-
-    # ---- the run lock ------------------------------------------------------------------------------
-    def _check_lock(self) -> None:
-        try:
-            lock = json.loads(self.fs.cat_file(self.path(LOCK_FILE)))
-        except (FileNotFoundError, ValueError):
-            return
-        age = time.time() - float(lock.get("heartbeat", 0))
-        same_host = lock.get("host") == socket.gethostname()
-        alive = age < LOCK_TTL and (not same_host or _pid_alive(int(lock.get("pid", -1))))
-        if alive and lock.get("run") != self.run_id:
-            raise DestinationError(
-                f"DEST {self.url!r} is being written by another run (pid {lock.get('pid')} on {lock.get('host')}, "
-                f"last seen {age:.0f} s ago); wait for it, or stop it and run again")
-
-    def take_lock(self) -> None:
-        """Record this run as the writer of DEST; call again as a heartbeat, at most every LOCK_TTL / 4.
-
-        Raises
-        ------
-        DestinationError
-            When another run has taken the lock over meanwhile (this run was thought dead).
-        """
-        try:
-            held = json.loads(self.fs.cat_file(self.path(LOCK_FILE))).get("run")
-        except (FileNotFoundError, ValueError):
-            held = None
-        if held not in (None, self.run_id) and self._locked:
-            raise DestinationError(f"DEST {self.url!r} was taken over by another run")
-        self._locked = True
-        lock = {"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-        self.put(LOCK_FILE, json.dumps(lock).encode())
-
-    def release_lock(self) -> None:
-        """Remove this run's lock (left alone if another run has taken it over)."""
-        try:
-            if json.loads(self.fs.cat_file(self.path(LOCK_FILE))).get("run") == self.run_id:
-                self.fs.rm_file(self.path(LOCK_FILE))
-        except (FileNotFoundError, ValueError):
-            pass
-
     # ---- worker side -------------------------------------------------------------------------------
     def encode(self, image: np.ndarray, original: bytes | None = None) -> Any:
         """What this form keeps of one resized image (raising here fails only that image). ``original``
@@ -267,7 +149,20 @@ class Sink(abc.ABC):
     def write(self, chunk: Chunk) -> None:
         """Write one chunk, then its done marker (last, so a readable marker always means complete data)."""
         self._write(chunk)
-        self.put(posixpath.join(MARKER_DIR, f"{chunk.index:07d}.parquet"), _parquet_bytes(chunk.rows))
+        self.ledger.mark_done(chunk.index, chunk.rows)
+
+    # ---- arrays, a chunk at a time (derive) -----------------------------------------------------------
+    def create_size(self, key: str, n: int, size, masks: bool = False) -> None:
+        """Make room for a new size ``key`` of ``n`` images (or masks) in a finished output."""
+        raise UnsupportedError(f"{self.config.format.value} outputs hold no arrays to add a size to")
+
+    def read_part(self, key: str, index: int, masks: bool = False) -> np.ndarray:
+        """Images (or masks) of chunk ``index`` of size ``key``."""
+        raise UnsupportedError(f"{self.config.format.value} outputs hold no arrays")
+
+    def write_part(self, key: str, index: int, arr: np.ndarray, masks: bool = False) -> None:
+        """Write images (or masks) of chunk ``index`` of size ``key``."""
+        raise UnsupportedError(f"{self.config.format.value} outputs hold no arrays")
 
     # ---- per form ----------------------------------------------------------------------------------
     def _check_items(self, items: pd.DataFrame) -> None:
@@ -283,14 +178,3 @@ class Sink(abc.ABC):
 
     def _finalize(self, manifest: pd.DataFrame) -> None:
         """Write what this form keeps beside the manifest, once every chunk is written."""
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    diffs = []
-    for key in sorted(set(old.get("config", {})) | set(new.get("config", {}))):
-        a, b = old.get("config", {}).get(key), new.get("config", {}).get(key)
-        if a != b:
-            diffs.append(f"{key}: {a!r} there, {b!r} now")
-    if old.get("inputs") != new.get("inputs"):
-        diffs.append(f"inputs: {old.get('n')} listed there, {new.get('n')} now, not the same files")
-    return "; ".join(diffs) or "a different imgtools version"

@@ -47,9 +47,8 @@ def output_relpath(relpath: str, fmt: OutputFormat) -> str:
 
 
 class ImageFileSink(Sink):
-    """Mirrored image files, one per input and size."""
+    """Mirrored image files, one per input and size, in ``config.format`` (jpeg, png or webp)."""
 
-    format = OutputFormat.JPEG  # set per subclass
     positional = False
 
     def _target(self, key: str, relpath: str, fmt: OutputFormat | None = None) -> str:
@@ -104,14 +103,3 @@ def _png(mask: np.ndarray) -> bytes:
     Image.fromarray(mask).save(buf, "PNG")
     return buf.getvalue()
 
-
-class JpegSink(ImageFileSink):
-    format = OutputFormat.JPEG
-
-
-class PngSink(ImageFileSink):
-    format = OutputFormat.PNG
-
-
-class WebpSink(ImageFileSink):
-    format = OutputFormat.WEBP

@@ -32,6 +32,9 @@ class NpySink(Sink):
         """The relative path of chunk ``index`` of size ``key``."""
         return posixpath.join(key, f"{'masks-' if masks else ''}part-{index:05d}.npy")
 
+    def create_size(self, key: str, n: int, size, masks: bool = False) -> None:
+        """Nothing to make: parts appear as they are written."""
+
     def read_part(self, key: str, index: int, masks: bool = False) -> np.ndarray:
         with self.fs.open(self.path(self.part(key, index, masks)), "rb") as f:
             return np.load(f, allow_pickle=False)

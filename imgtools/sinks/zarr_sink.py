@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import zarr
 from fsspec.implementations.local import LocalFileSystem
@@ -51,8 +52,9 @@ class ZarrSink(Sink):
     format = OutputFormat.ZARR
 
     def group(self, mode: str = "r"):
-        """The zarr group of this output."""
-        return zarr.open_group(self._store(), mode=mode)
+        """The zarr group of this output (to write: from its nodes' own metadata, never the consolidated copy,
+        which is only made anew when a run or a derive ends)."""
+        return zarr.open_group(self._store(), mode=mode, use_consolidated=None if mode == "r" else False)
 
     @staticmethod
     def open_group(location: Location, mode: str = "r"):
@@ -63,7 +65,7 @@ class ZarrSink(Sink):
         return _zarr_store(self.fs, self.root, self.storage_options)
 
     def _create(self, items: pd.DataFrame) -> None:
-        group = zarr.open_group(self._store(), mode="a", zarr_format=3)
+        group = zarr.open_group(self._store(), mode="a", zarr_format=3, use_consolidated=False)
         if "labels" in group:  # made by the earlier run of this job (labels come last)
             return
         n = len(items)
@@ -85,6 +87,17 @@ class ZarrSink(Sink):
                                   compressors=_CODECS[self.config.compression](),
                                   dimension_names=("image", "y", "x") + (() if masks else ("channel",)),
                                   config=_WRITE_ALL)
+
+    def create_size(self, key: str, n: int, size, masks: bool = False) -> None:
+        self.create_images(self.group("r+"), key, n, size, masks=masks)
+
+    def read_part(self, key: str, index: int, masks: bool = False) -> np.ndarray:
+        start = index * self.config.chunk
+        return self.group("r")[f"{key}/{'masks' if masks else 'images'}"][start : start + self.config.chunk]
+
+    def write_part(self, key: str, index: int, arr: np.ndarray, masks: bool = False) -> None:
+        start = index * self.config.chunk
+        _writable(self.group("r+"), f"{key}/{'masks' if masks else 'images'}")[start : start + len(arr)] = arr
 
     def _write(self, chunk: Chunk) -> None:
         group = self.group("r+")

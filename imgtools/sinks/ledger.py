@@ -1,0 +1,223 @@
+"""The run ledger: what a run records in DEST beside the output itself, the same for every output form.
+
+- ``.imgtools/job.json``: the job (config and inputs) a DEST holds; a different job is refused.
+- ``.imgtools/lock.json``: the run writing DEST now, with a heartbeat; another run waits or is refused.
+- ``.imgtools/chunks/<k>.parquet``: chunk ``k``'s manifest rows, written after its data (the done marker):
+  a chunk counts as done only when its marker can be read, so an interrupted run redoes exactly the chunks
+  whose output may be incomplete.
+- ``manifest.parquet`` then the attributes, last: an output is complete when both exist.
+
+A ledger knows nothing of the layout's files; a layout (:class:`~imgtools.sinks.base.Sink`) owns one and
+hands it the two things only it knows: how to create its empty output and where its attributes live.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from ..errors import DestinationError
+from ..location import Location
+
+__all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "MANIFEST", "ATTRS_FILE", "LOCK_TTL", "parquet_bytes"]
+
+JOB_FILE = ".imgtools/job.json"
+LOCK_FILE = ".imgtools/lock.json"
+MARKER_DIR = ".imgtools/chunks"
+MANIFEST = "manifest.parquet"
+ATTRS_FILE = "imgtools.json"
+#: Seconds after its last heartbeat that a lock of a run on another host counts as abandoned.
+LOCK_TTL = 120.0
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    """``df`` as the bytes of a Parquet file (pyarrow, no index)."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False, engine="pyarrow")
+    return buf.getvalue()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLedger:
+    """The job, lock, done markers and manifest of the runs that write one DEST.
+
+    ``positional`` is True when output rows are positions (arrays): the job then includes the exact input
+    list, and a marker is trusted by chunk number. False for mirrored files: only the config must match,
+    so adding images to SOURCE and re-running only does the new ones.
+
+    Examples
+    --------
+    >>> ledger = RunLedger(Location.resolve("memory://imgtools-doc/ledger"), positional=True)
+    >>> ledger.done_rows().empty
+    True
+    """
+
+    def __init__(self, location: Location, positional: bool):
+        self.location = location
+        self.positional = positional
+        self.run_id = uuid.uuid4().hex
+        self._locked = False
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    def path(self, *parts: str) -> str:
+        return self.location.path(*parts)
+
+    def put(self, relpath: str, data: bytes) -> None:
+        path = self.path(relpath)
+        self.location.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.location.fs.pipe_file(path, data)
+
+    # ---- the job -----------------------------------------------------------------------------------
+    def prepare(self, job: dict[str, Any], overwrite: bool, create: Callable[[], None]) -> pd.DataFrame:
+        """Lock DEST for this run and get it ready for ``job``: ``create()`` makes the layout's empty output
+        (idempotent). Returns the manifest rows earlier runs of the same job finished (:meth:`done_rows`).
+
+        Raises
+        ------
+        DestinationError
+            Another run holds DEST, DEST holds another job, or DEST is a non-empty folder imgtools did
+            not write (never deleted, even with ``overwrite``).
+        """
+        fs = self.location.fs
+        ours = fs.exists(self.path(".imgtools"))
+        if not ours and self._nonempty():
+            raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; choose another DEST")
+        if ours:
+            self._check_lock()
+        if ours and overwrite:
+            fs.rm(self.location.root, recursive=True)
+            fs.invalidate_cache(self.location.root)  # what was listed before is gone
+            ours = False
+        previous = self._read_job() if ours else None
+        if ours and previous is not None and not self._same_job(previous, job):
+            raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
+                                   "use --overwrite to start again")
+        self.take_lock()
+        try:
+            fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
+            if previous is None:
+                self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
+            elif fs.exists(self.path(MANIFEST)):  # no longer complete while this run works
+                fs.rm_file(self.path(MANIFEST))
+            create()
+            return self.done_rows()
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _same_job(self, previous: dict[str, Any], job: dict[str, Any]) -> bool:
+        if self.positional:
+            return previous == job
+        return previous.get("config") == job.get("config")
+
+    def _nonempty(self) -> bool:
+        fs, root = self.location.fs, self.location.root
+        return fs.isdir(root) and bool(fs.ls(root, detail=False))
+
+    def _read_job(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.location.fs.cat_file(self.path(JOB_FILE)))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise DestinationError(f"DEST {self.url!r} has a damaged job record; use --overwrite to start again") from None
+
+    # ---- done markers and the manifest --------------------------------------------------------------
+    def mark_done(self, index: int, rows: pd.DataFrame) -> None:
+        """Chunk ``index``'s manifest rows: its done marker (write it after the chunk's data)."""
+        self.put(posixpath.join(MARKER_DIR, f"{index:07d}.parquet"), parquet_bytes(rows))
+
+    def done_rows(self) -> pd.DataFrame:
+        """Manifest rows of every chunk whose marker is complete, with a ``chunk`` column; a marker that
+        cannot be read (a run killed while writing it) counts as not done."""
+        fs = self.location.fs
+        try:
+            listed = fs.ls(self.path(MARKER_DIR), detail=False)
+        except FileNotFoundError:  # object stores have no empty folders
+            listed = []
+        paths = sorted(p for p in listed if p.endswith(".parquet"))
+        blobs = fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
+        frames = []
+        for path, blob in zip(paths, blobs):
+            try:
+                rows = pd.read_parquet(io.BytesIO(blob))
+            except Exception:  # missing or partial: the chunk is redone
+                continue
+            frames.append(rows.assign(chunk=int(posixpath.basename(path).split(".")[0])))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"chunk": [], "relpath": []})
+
+    def write_manifest(self, manifest: pd.DataFrame) -> None:
+        """``manifest.parquet`` (write the attributes after it: then the output is complete)."""
+        self.put(MANIFEST, parquet_bytes(manifest))
+
+    # ---- the run lock ------------------------------------------------------------------------------
+    def _check_lock(self) -> None:
+        try:
+            lock = json.loads(self.location.fs.cat_file(self.path(LOCK_FILE)))
+        except (FileNotFoundError, ValueError):
+            return
+        age = time.time() - float(lock.get("heartbeat", 0))
+        same_host = lock.get("host") == socket.gethostname()
+        alive = age < LOCK_TTL and (not same_host or _pid_alive(int(lock.get("pid", -1))))
+        if alive and lock.get("run") != self.run_id:
+            raise DestinationError(
+                f"DEST {self.url!r} is being written by another run (pid {lock.get('pid')} on {lock.get('host')}, "
+                f"last seen {age:.0f} s ago); wait for it, or stop it and run again")
+
+    def take_lock(self) -> None:
+        """Record this run as the writer of DEST; call again as a heartbeat, at most every LOCK_TTL / 4.
+
+        Raises
+        ------
+        DestinationError
+            When another run has taken the lock over meanwhile (this run was thought dead).
+        """
+        try:
+            held = json.loads(self.location.fs.cat_file(self.path(LOCK_FILE))).get("run")
+        except (FileNotFoundError, ValueError):
+            held = None
+        if held not in (None, self.run_id) and self._locked:
+            raise DestinationError(f"DEST {self.url!r} was taken over by another run")
+        self._locked = True
+        lock = {"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        self.put(LOCK_FILE, json.dumps(lock).encode())
+
+    def release_lock(self) -> None:
+        """Remove this run's lock (left alone if another run has taken it over)."""
+        try:
+            if json.loads(self.location.fs.cat_file(self.path(LOCK_FILE))).get("run") == self.run_id:
+                self.location.fs.rm_file(self.path(LOCK_FILE))
+        except (FileNotFoundError, ValueError):
+            pass
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = []
+    for key in sorted(set(old.get("config", {})) | set(new.get("config", {}))):
+        a, b = old.get("config", {}).get(key), new.get("config", {}).get(key)
+        if a != b:
+            diffs.append(f"{key}: {a!r} there, {b!r} now")
+    if old.get("inputs") != new.get("inputs"):
+        diffs.append(f"inputs: {old.get('n')} listed there, {new.get('n')} now, not the same files")
+    return "; ".join(diffs) or "a different imgtools version"

@@ -19,8 +19,9 @@ import numpy as np
 from dask_image.ndfilters import gaussian_filter
 
 from .cluster import Placement, where_to_run
-from .config import PresizeConfig, Size, parse_size
+from .config import Size, parse_size
 from .errors import ConfigError, SourceError
+from .schema import OutputInfo
 from .sinks import Sink, detect
 
 __all__ = ["derive", "DeriveReport", "resample_block", "nearest_block"]
@@ -107,19 +108,18 @@ def _derive(dest: str, source_size: str, sizes: Iterable[int | str], where: Plac
             storage_options: dict[str, Any] | None) -> DeriveReport:
     """derive() once where it runs is decided."""
     started = time.perf_counter()
-    attrs, sink = _open(dest, storage_options)
-    info = attrs["imgtools"]
-    config = PresizeConfig.from_dict(info["config"])
-    if source_size not in info["sizes"]:
-        raise ConfigError(f"size {source_size!r} is not in {dest!r} (it has {', '.join(info['sizes'])})")
+    info, sink = _open(dest, storage_options)
+    config = sink.config
+    if source_size not in info.sizes:
+        raise ConfigError(f"size {source_size!r} is not in {dest!r} (it has {', '.join(info.sizes)})")
     src = parse_size(source_size)
     targets = [parse_size(s) for s in sizes]
     keys = [t.key(config.mode) for t in targets]
     for t, key in zip(targets, keys):
         _check(src, t, key)
-        if key in info["sizes"]:
+        if key in info.sizes:
             raise ConfigError(f"size {key!r} is already in {dest!r}")
-    images = _load(sink, source_size, src, info["n"])
+    images = _load(sink, source_size, src, info.n)
     writes = []
     for t, key in zip(targets, keys):
         sigma = (0.0, 0.25 * src.height / t.height, 0.25 * src.width / t.width, 0.0)
@@ -128,7 +128,7 @@ def _derive(dest: str, source_size: str, sizes: Iterable[int | str], where: Plac
                                 chunks=(images.chunks[0], (t.height,), (t.width,), (3,)))
         writes.append(_store(sink, key, t, out))
         if config.masks:  # labels stay labels: nearest neighbour, no prefilter
-            masks = _load(sink, source_size, src, info["n"], masks=True)
+            masks = _load(sink, source_size, src, info.n, masks=True)
             small = masks.map_blocks(nearest_block, t.height, t.width, dtype=np.uint8,
                                      chunks=(masks.chunks[0], (t.height,), (t.width,)))
             writes.append(_store(sink, key, t, small, masks=True))
@@ -137,21 +137,20 @@ def _derive(dest: str, source_size: str, sizes: Iterable[int | str], where: Plac
             dask.compute(writes, scheduler="synchronous")
         else:
             dask_client.compute(writes, sync=True)
-    info["sizes"] = info["sizes"] + keys
-    info.setdefault("derived", {}).update({k: {"from": source_size, "sigma": "0.25/scale"} for k in keys})
-    sink.write_attrs(attrs)
-    return DeriveReport(dest=sink.url, source_size=source_size, sizes=tuple(keys), images=info["n"],
+    made = {k: {"from": source_size, "sigma": "0.25/scale"} for k in keys}
+    sink.write_attrs(dataclasses.replace(info, sizes=info.sizes + keys, derived={**info.derived, **made}).to_attrs())
+    return DeriveReport(dest=sink.url, source_size=source_size, sizes=tuple(keys), images=info.n,
                         seconds=time.perf_counter() - started)
 
 
-def _open(dest: str, storage_options) -> tuple[dict[str, Any], Sink]:
+def _open(dest: str, storage_options) -> tuple[OutputInfo, Sink]:
     try:
         output = detect(dest, storage_options)
     except SourceError:
         output = None
     if output is None or not output.config.format.is_array:
         raise SourceError(f"DEST {dest!r} is not a complete zarr or npy output of imgtools presize")
-    return {"imgtools": output.info}, output.sink
+    return output.info, output.sink
 
 
 def _load(sink: Sink, key: str, size: Size, n: int, masks: bool = False) -> da.Array:

@@ -18,6 +18,7 @@ from .config import PresizeConfig
 from .decode import decode, decode_mask
 from .errors import DecodeError
 from .resize import draft_request, is_identity, plan, resize_all, resize_mask, transform_points
+from .schema import Status, coordinate_column, parse_coordinate_column
 from .sinks.base import Chunk, Sink
 from . import retry
 from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, read_bytes, spans_of
@@ -122,7 +123,7 @@ def pair_targets(result: ImageResult, mask: bytes | BaseException | None, coords
                 out = transform_points(values.reshape(-1, 2), s, config, original)
                 if col == "boxes":
                     out = np.clip(out, 0, [s.width, s.height])
-                moved[f"{col}_{s.key(config.mode)}"] = json.dumps(np.round(out, 3).reshape(-1, width).tolist())
+                moved[coordinate_column(col, s.key(config.mode))] = json.dumps(np.round(out, 3).reshape(-1, width).tolist())
     except DecodeError as exc:
         failed = dataclasses.replace(result, arrays=None, error=str(exc), unchanged=frozenset())
         return failed, {}, {k: None for k in moved}
@@ -160,7 +161,7 @@ def process_one(raw: bytes | BaseException, mask: bytes | BaseException | None, 
         except Exception as exc:  # e.g. a side over the output format's limit
             result, masks = dataclasses.replace(result, arrays=None, error=f"encode failed: {exc}"), {}
             moved = {k: None for k in moved}
-    values = {"status": "ok" if result.ok else "failed", "error": result.error, "height": result.height,
+    values = {"status": (Status.OK if result.ok else Status.FAILED).value, "error": result.error, "height": result.height,
               "width": result.width, "mode": result.mode, **moved}
     return Outcome(values, payloads, masks)
 
@@ -181,7 +182,7 @@ def result_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:
 
 
 def _is_moved(column: str) -> bool:
-    return column.split("_", 1)[0] in PAIRED_COLUMNS and "_" in column
+    return parse_coordinate_column(column) is not None
 
 
 def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink: Sink,

@@ -24,6 +24,7 @@ from .config import PresizeConfig, Size
 from .errors import ConfigError
 from .engine import manifest_frame, process_chunk, process_one, result_columns
 from .memory import tune_allocator
+from .schema import OutputInfo, Status, ok_mask
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
 from . import archives
@@ -161,13 +162,13 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
         if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
             raise RuntimeError(f"internal error: {len(manifest)} manifest rows for {len(items)} inputs")
-        info = {"version": __version__, "config": config.to_dict(), "n": len(items),
-                "label_names": list(listing.label_names), "source": listing.source, "sizes": config.size_keys}
-        derived = ((sink.read_attrs() or {}).get("imgtools") or {}).get("derived") if done.size else None
-        if derived:  # sizes that `imgtools derive` added to this output stay listed
-            info.update(derived=derived, sizes=config.size_keys + [k for k in derived if k not in config.size_keys])
-        sink.finalize(manifest, {"imgtools": info})
-    failed = manifest[manifest["status"] != "ok"][["index", "origin", "error"]].reset_index(drop=True)
+        earlier = OutputInfo.from_attrs(sink.read_attrs()) if done.size else None
+        derived = earlier.derived if earlier is not None else {}  # sizes `imgtools derive` added stay listed
+        info = OutputInfo(version=__version__, config=config.to_dict(), n=len(items),
+                          label_names=list(listing.label_names), source=listing.source,
+                          sizes=config.size_keys + [k for k in derived if k not in config.size_keys], derived=derived)
+        sink.finalize(manifest, info.to_attrs())
+    failed = manifest[~ok_mask(manifest)][["index", "origin", "error"]].reset_index(drop=True)
     processed = sum(len(p) - (0 if r is None else len(r)) for _, p, r in todo)
     return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed), failed=len(failed),
                          seconds=time.perf_counter() - started, chunks_done=len(todo),
@@ -202,14 +203,14 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional
     """Split the inputs into chunks: those an earlier run finished (their rows rebuilt from the listing
     and the markers' results) and those still to do, as (chunk number, items, earlier rows to reuse)."""
     markers = {int(c): g for c, g in done.groupby("chunk")}
-    reusable = None if positional or done.empty else done[done["status"] == "ok"]  # failures are retried
+    reusable = None if positional or done.empty else done[ok_mask(done)]  # failures are retried
     parts: dict[int, pd.DataFrame] = {}
     todo = []
     for i, start in enumerate(range(0, len(items), chunk)):
         part = items.iloc[start : start + chunk]
         marker = markers.get(i)
         if (marker is not None and len(marker) == len(part) and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
-                and (positional or (marker["status"] == "ok").all())):
+                and (positional or ok_mask(marker).all())):
             # the marker's rows are the chunk's, in order: take them by position (a relpath may repeat)
             parts[i] = manifest_frame(part.assign(**result_columns(marker)))
             continue
@@ -301,11 +302,12 @@ def _probe(row: pd.Series, config: PresizeConfig, sink, storage_options) -> bool
         raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options,
                                 None if span is None else span + [None] * isinstance(mask, str))
     coords = {c: row[c] for c in PAIRED_COLUMNS if c in row.index and isinstance(row[c], str)}
-    return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == "ok"
+    return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == Status.OK.value
 
 
 def _failed_rows(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
-    return pd.DataFrame({"relpath": rows["relpath"], "status": "failed", "error": reason, "height": -1, "width": -1,
+    return pd.DataFrame({"relpath": rows["relpath"], "status": Status.FAILED.value, "error": reason, "height": -1,
+                         "width": -1,
                          "mode": None})
 
 

@@ -25,6 +25,7 @@ from .chunkcache import BoundCache, DiskCache
 from .config import OutputFormat, parse_size
 from .errors import ConfigError, UnsupportedError
 from .order import EpochPlan
+from .schema import ok_mask
 from .sinks import MANIFEST, detect
 from .sinks.zarr_sink import ZarrSink
 from .pictures import save_png
@@ -61,16 +62,16 @@ class Dataset:
         output = detect(self.dest, storage_options)
         self.location, info, self.config = output.location, output.info, output.config
         manifest_path = self.location.path(MANIFEST)
-        self.sizes: list[str] = list(info["sizes"])
-        self.label_names: list[str] = list(info["label_names"])
+        self.sizes: list[str] = list(info.sizes)
+        self.label_names: list[str] = list(info.label_names)
         with self.location.fs.open(manifest_path, "rb") as f:
             self.manifest: pd.DataFrame = pd.read_parquet(f)
         self.labels: np.ndarray = self.manifest["label_id"].to_numpy(np.int32)
-        self.ok: np.ndarray = (self.manifest["status"] == "ok").to_numpy()
+        self.ok: np.ndarray = ok_mask(self.manifest)
         disk = _disk_cache(cache)
         bound: BoundCache | None = None
         if disk is not None and not self.location.local:
-            token = self.location.fs.ukey(manifest_path) + json.dumps(info, sort_keys=True)
+            token = self.location.fs.ukey(manifest_path) + json.dumps(info.to_attrs(), sort_keys=True)
             bound = disk.bind(self.location.fs.unstrip_protocol(self.location.root), token)
         self.reader: Reader = make_reader(self.location, self.config.format, self.sizes if self.config.format.is_array
                                           else [], self.config.chunk, list(self.manifest["relpath"]), self.ok,
@@ -251,7 +252,7 @@ class Dataset:
         cols = max(1, int(np.ceil(np.sqrt(max(len(pick), 1)))))
         rows = max(1, int(np.ceil(len(pick) / cols)))
         cell_h = thumb + 14
-        failed = self.manifest[~self.manifest["status"].eq("ok")]
+        failed = self.manifest[~self.ok]
         side_w = 360 if len(failed) else 0
         sheet = Image.new("RGB", (cols * thumb + side_w, max(rows * cell_h, 16 + 12 * min(len(failed), 40))), "white")
         draw = ImageDraw.Draw(sheet)

@@ -12,6 +12,7 @@ from typing import Any
 from ..config import OutputFormat, PresizeConfig
 from ..errors import SourceError
 from ..location import Location
+from ..schema import OutputInfo
 from .base import Chunk, Sink
 from .files import ImageFileSink
 from .ledger import ATTRS_FILE, JOB_FILE, LOCK_FILE, MANIFEST, MARKER_DIR, RunLedger
@@ -42,16 +43,16 @@ def make_sink(dest: str | Location, config: PresizeConfig, storage_options: dict
     return SINKS[config.format](dest, config, storage_options)
 
 
-def read_info(location: Location) -> dict[str, Any] | None:
+def read_info(location: Location) -> OutputInfo | None:
     """The ``imgtools`` attributes of an output at ``location`` (zarr keeps them in its group's
     ``zarr.json``, the other forms in ``imgtools.json``), or None when there are none."""
     for name, pick in ((ATTRS_FILE, lambda d: d), ("zarr.json", lambda d: d.get("attributes") or {})):
         try:
-            attrs = pick(json.loads(location.fs.cat_file(location.path(name))))
-        except (FileNotFoundError, ValueError):
+            info = OutputInfo.from_attrs(pick(json.loads(location.fs.cat_file(location.path(name)))))
+        except (FileNotFoundError, ValueError, TypeError):
             continue
-        if isinstance(attrs, dict) and isinstance(attrs.get("imgtools"), dict):
-            return attrs["imgtools"]
+        if info is not None:
+            return info
     return None
 
 
@@ -61,7 +62,7 @@ class Output:
     layout (a sink made for that config)."""
 
     location: Location
-    info: dict[str, Any]
+    info: OutputInfo
     config: PresizeConfig
     sink: Sink
 
@@ -83,5 +84,5 @@ def detect(dest: str | Location, storage_options: dict[str, Any] | None = None) 
     info = read_info(location)
     if info is None or not location.fs.exists(location.path(MANIFEST)):
         raise SourceError(f"DEST {location.url!r} is not a complete imgtools output (no manifest and attributes)")
-    config = PresizeConfig.from_dict(info["config"])
+    config = PresizeConfig.from_dict(info.config)
     return Output(location, info, config, make_sink(location, config))

@@ -22,6 +22,7 @@ import pandas as pd
 from ..config import OutputFormat, PresizeConfig
 from ..errors import UnsupportedError
 from ..location import Location
+from ..schema import ok_mask
 from .ledger import ATTRS_FILE, JOB_FILE, LOCK_FILE, LOCK_TTL, MANIFEST, MARKER_DIR, RunLedger
 
 __all__ = ["Chunk", "Sink", "write_files", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "ATTRS_FILE", "LOCK_TTL"]
@@ -42,7 +43,7 @@ class Chunk:
 
     @property
     def ok(self) -> np.ndarray:
-        return (self.rows["status"] == "ok").to_numpy()
+        return ok_mask(self.rows)
 
     @property
     def labels(self) -> np.ndarray:

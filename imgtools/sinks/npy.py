@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import OutputFormat
+from ..schema import ok_mask
 from .base import Chunk, Sink
 
 __all__ = ["NpySink", "npy_bytes"]
@@ -49,5 +50,5 @@ class NpySink(Sink):
                 self.write_part(key, chunk.index, chunk.stacked(key, size.height, size.width, masks=True), masks=True)
 
     def _finalize(self, manifest: pd.DataFrame) -> None:
-        self.put("ok.npy", npy_bytes((manifest["status"] == "ok").to_numpy()))
+        self.put("ok.npy", npy_bytes(ok_mask(manifest)))
         self.put("labels.npy", npy_bytes(manifest["label_id"].to_numpy(np.int32)))

@@ -1,0 +1,107 @@
+"""The output schema: what writers and readers of an output agree on, in one place.
+
+- :class:`Status`: a manifest row's ``status`` (``ok`` | ``failed``).
+- :data:`MANIFEST_COLUMNS`: the manifest's columns, in order.
+- :func:`coordinate_column` / :func:`parse_coordinate_column`: the columns that carry points and boxes moved
+  to one size (``points_64x64``), built and parsed by the same pair of functions.
+- :class:`OutputInfo`: the ``imgtools`` attributes of a finished output (version, config, sizes, labels, ...),
+  written last by presize and derive, read by ``open``, ``derive`` and ``detect``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Status", "MANIFEST_COLUMNS", "COORDINATE_KINDS", "ATTRS_KEY", "OutputInfo", "ok_mask",
+           "coordinate_column", "parse_coordinate_column"]
+
+
+class Status(str, enum.Enum):
+    """A manifest row's outcome."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+#: The manifest's columns, in order (row i is input i and array row i).
+MANIFEST_COLUMNS = ("index", "origin", "relpath", "label", "label_id", "status", "error", "height", "width", "mode")
+#: Kinds of coordinates a manifest may carry beside its images, moved with each image's geometry.
+COORDINATE_KINDS = ("points", "boxes")
+#: The key of imgtools' attributes in an output's attributes (the zarr group's, or ``imgtools.json``).
+ATTRS_KEY = "imgtools"
+
+
+def ok_mask(rows: pd.DataFrame) -> np.ndarray:
+    """Which manifest rows are ok, as a bool array.
+
+    Examples
+    --------
+    >>> ok_mask(pd.DataFrame({"status": ["ok", "failed"]})).tolist()
+    [True, False]
+    """
+    return (rows["status"] == Status.OK.value).to_numpy()
+
+
+def coordinate_column(kind: str, size_key: str) -> str:
+    """The column of ``kind`` coordinates moved to size ``size_key``.
+
+    Examples
+    --------
+    >>> coordinate_column("points", "64x64")
+    'points_64x64'
+    """
+    return f"{kind}_{size_key}"
+
+
+def parse_coordinate_column(column: str) -> tuple[str, str] | None:
+    """``(kind, size_key)`` of a column made by :func:`coordinate_column`, or None for any other column.
+
+    Examples
+    --------
+    >>> parse_coordinate_column("boxes_short160"), parse_coordinate_column("label_id")
+    (('boxes', 'short160'), None)
+    """
+    kind, sep, key = column.partition("_")
+    return (kind, key) if sep and key and kind in COORDINATE_KINDS else None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputInfo:
+    """The ``imgtools`` attributes of a finished output.
+
+    Examples
+    --------
+    >>> info = OutputInfo(version="1", config={}, n=2, label_names=["a"], source="s", sizes=["64x64"])
+    >>> OutputInfo.from_attrs(info.to_attrs()) == info
+    True
+    """
+
+    version: str
+    config: dict[str, Any]
+    n: int
+    label_names: list[str]
+    source: str
+    sizes: list[str]
+    #: sizes added by ``imgtools derive``: size key -> how it was made
+    derived: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The attributes to write (``derived`` only when there is something in it)."""
+        info = dataclasses.asdict(self)
+        if not info["derived"]:
+            del info["derived"]
+        return {ATTRS_KEY: info}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any] | None) -> "OutputInfo | None":
+        """The info in an output's attributes, or None when they hold none."""
+        info = (attrs or {}).get(ATTRS_KEY)
+        if not isinstance(info, dict):
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in info.items() if k in names})

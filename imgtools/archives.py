@@ -4,9 +4,15 @@ in place -- never extracted to disk.
 Listing an archive records where each member's bytes lie (its *span*): for ``.tar`` the data's offset
 and size, for ``.zip`` the local header's offset and the compressed size. Reading members is then one
 ranged read each, batched and concurrent like any other file. A compressed tar has no random access:
-its members are read in one forward pass over the stream, kept open between the chunks of a task.
+its members are read in one forward pass over the stream; a :class:`TarCursor` keeps that stream open
+between reads, so that the next read of later members goes on from where the last one stopped.
 
 A member's origin is an fsspec URL, ``tar://<member>::<archive URL>`` or ``zip://<member>::<archive URL>``.
+Only this module and :mod:`imgtools.sources` (which lists archives into such origins) know that syntax;
+the rest of imgtools goes through the sources stage (``reading``, ``read_bytes``, ``stream_group``).
+
+No module-level state but a bounded cache of archive indexes (member -> span), shared by all threads
+under a lock; an open stream belongs to the :class:`TarCursor` that opened it, and so to one thread.
 """
 
 from __future__ import annotations
@@ -21,15 +27,15 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 from fsspec.core import url_to_fs
 
 from . import retry
 from .errors import SourceError
 
-__all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream", "close_streams",
-           "closing_streams"]
+__all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream", "stream_of",
+           "TarCursor"]
 
 #: archive suffix -> (fsspec protocol of its members, compressed stream?)
 _KINDS = {".tar": ("tar", False), ".tar.gz": ("tar", True), ".tgz": ("tar", True), ".zip": ("zip", False)}
@@ -73,9 +79,32 @@ def split_member(origin: str) -> tuple[str, str, str]:
 
 
 def is_stream(archive: str) -> bool:
-    """Whether an archive's members can only be read in one forward pass (a compressed tar)."""
+    """Whether an archive's members can only be read in one forward pass (a compressed tar).
+
+    Examples
+    --------
+    >>> is_stream("gs://b/shard-0.tar.gz"), is_stream("gs://b/shard-0.tar")
+    (True, False)
+    """
     kind = archive_kind(archive)
     return bool(kind and kind[1])
+
+
+def stream_of(origin: str) -> str | None:
+    """The archive URL of ``origin`` when it is a member of a compressed tar (read in one forward pass
+    over the archive's stream), else None.
+
+    Examples
+    --------
+    >>> stream_of("tar://cat/1.jpg::gs://b/shard-0.tar.gz")
+    'gs://b/shard-0.tar.gz'
+    >>> stream_of("tar://cat/1.jpg::gs://b/shard-0.tar"), stream_of("gs://b/cat/1.jpg")
+    (None, None)
+    """
+    if not is_member(origin):
+        return None
+    archive = split_member(origin)[2]
+    return archive if is_stream(archive) else None
 
 
 def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -200,52 +229,115 @@ def _zip_data(raw: bytes, size: int, member: str | None = None) -> bytes | int:
     raise ValueError(f"zip compression method {method} is not supported")
 
 
-_streams = threading.local()
+class TarCursor:
+    """Where a reader stands in the compressed tar it reads: at most one open stream, kept between
+    :meth:`read` calls so that a read of later members goes on from there instead of decompressing the
+    archive from its start again. Reading another archive closes the stream and opens that one.
+
+    A cursor is for one thread (it is not locked). Close it when done, or use it in a ``with`` block;
+    :class:`imgtools.sources.ReadSession` owns one.
+
+    Examples
+    --------
+    >>> with TarCursor() as cursor:       # doctest: +SKIP
+    ...     cursor.read("shard-0.tar.gz", ["a/1.jpg", "a/2.jpg"], {})
+    {'a/1.jpg': b'...', 'a/2.jpg': b'...'}
+    """
+
+    def __init__(self) -> None:
+        self._archive: str | None = None
+        self._file: IO[bytes] | None = None
+        self._tar: tarfile.TarFile | None = None
+
+    @property
+    def archive(self) -> str | None:
+        """The archive whose stream is open, or None."""
+        return self._archive
+
+    def read(self, archive: str, names: Sequence[str], options: dict) -> dict[str, bytes | Exception]:
+        """Members of a compressed tar in one forward pass, by name; a name not in the archive maps to a
+        :class:`FileNotFoundError`. Members that the open stream has gone past are found on a fresh pass
+        from the start. On any error the stream is closed, so that the next read starts afresh; the
+        error is raised.
+        """
+        wanted, got = set(names), {}
+        try:
+            for fresh in (False, True):
+                if fresh or self._tar is None or self._archive != archive:
+                    self._open(archive, options)
+                assert self._tar is not None
+                for member in _tar_members(self._tar):
+                    if member.name in wanted and member.name not in got:
+                        got[member.name] = self._tar.extractfile(member).read()  # type: ignore[union-attr]
+                        if wanted <= got.keys():
+                            return got
+                self.close()  # at the end: what is missing lies behind us, or is not there at all
+                wanted -= got.keys()
+        except BaseException:
+            self.close()
+            raise
+        return {**got, **{name: FileNotFoundError(f"{name!r} is not in {archive}") for name in wanted}}
+
+    def _open(self, archive: str, options: dict) -> None:
+        self.close()
+        fs, path = url_to_fs(archive, **options)
+        f = fs.open(path, "rb")
+        try:
+            self._tar = tarfile.open(fileobj=f, mode="r|*")
+        except BaseException:
+            f.close()
+            raise
+        self._archive, self._file = archive, f
+
+    def close(self) -> None:
+        """Close the open stream, if any (a stream that will not close is dropped all the same)."""
+        f, self._archive, self._file, self._tar = self._file, None, None, None
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+
+    def __enter__(self) -> TarCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _stream_read(archive: str, names: Sequence[str], options: dict) -> dict[str, bytes | Exception]:
-    """Members of a compressed tar in one forward pass; the open stream is kept (per thread) so that
-    the next call for later members goes on from here instead of decompressing from the start. On any
-    error the stream is dropped, so the next call starts afresh."""
-    wanted, got = set(names), {}
-    try:
-        for fresh in (False, True):
-            state = getattr(_streams, "state", None)
-            if fresh or state is None or state[0] != archive:
-                close_streams()
-                fs, path = url_to_fs(archive, **options)
-                f = fs.open(path, "rb")
-                try:
-                    state = (archive, f, tarfile.open(fileobj=f, mode="r|*"))
-                except BaseException:
-                    f.close()
-                    raise
-                _streams.state = state
-            for member in _tar_members(state[2]):
-                if member.name in wanted and member.name not in got:
-                    got[member.name] = state[2].extractfile(member).read()
-                    if wanted <= got.keys():
-                        return got
-            close_streams()  # at the end: what is missing lies behind us, or is not there at all
-            wanted -= got.keys()
-    except BaseException:
-        close_streams()
-        raise
-    return {**got, **{name: FileNotFoundError(f"{name!r} is not in {archive}") for name in wanted}}
+class _Ranged(NamedTuple):
+    """One member to read by a ranged read: its place in the output, and its span (``-1`` when it is
+    taken from the archive's index, which ``check`` then verifies against the member's header)."""
+
+    index: int
+    protocol: str
+    member: str
+    offset: int
+    size: int
+    check: bool
 
 
 def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None] | None,
-                 options: dict) -> list[bytes | Exception]:
+                 options: dict, cursor: TarCursor | None = None) -> list[bytes | Exception]:
     """The bytes of archive members (origins as :func:`split_member` reads them), each or its error.
 
     Members with a span (from the listing) are ranged reads, concurrent through fsspec's
     ``cat_ranges``. Members without one find it in the archive's index, listed once per process; their
     reads take the member's header along and check that it names the member, so an archive rewritten
-    since is listed again, not read at stale offsets. Members of compressed tars are read by streaming.
-    A whole batch that fails (a connection that did not come up) gives every member that error.
+    since is listed again, not read at stale offsets. Members of compressed tars are read by streaming
+    through ``cursor``, left open for the caller's next read (without one, a stream is opened and
+    closed within this call). A whole batch that fails (a connection that did not come up) gives every
+    member that error.
+
+    Examples
+    --------
+    >>> with TarCursor() as cursor:                                             # doctest: +SKIP
+    ...     read_members(["tar://a/1.jpg::shard-0.tar.gz"], None, {}, cursor)
+    [b'...']
     """
+    if cursor is None:
+        with TarCursor() as own:
+            return read_members(origins, spans, options, own)
     out: list[bytes | Exception] = [FileNotFoundError("not read")] * len(origins)
-    ranged: dict[str, list[tuple[int, str, str, int, int, bool]]] = {}
+    ranged: dict[str, list[_Ranged]] = {}
     streamed: dict[str, list[tuple[int, str]]] = {}
     for i, origin in enumerate(origins):
         proto, member, archive = split_member(origin)
@@ -253,14 +345,14 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
         if is_stream(archive):
             streamed.setdefault(archive, []).append((i, member))
         elif span is not None and span[0] >= 0:
-            ranged.setdefault(archive, []).append((i, proto, member, *span, False))
+            ranged.setdefault(archive, []).append(_Ranged(i, proto, member, span[0], span[1], False))
         else:
-            ranged.setdefault(archive, []).append((i, proto, member, -1, -1, True))
+            ranged.setdefault(archive, []).append(_Ranged(i, proto, member, -1, -1, True))
     for archive, rows in ranged.items():
         _read_ranged(archive, rows, options, out)
     for archive, names in streamed.items():
         try:
-            found = _stream_read(archive, [name for _, name in names], options)
+            found = cursor.read(archive, [name for _, name in names], options)
         except Exception as exc:  # the archive itself failed: every member of it, with that reason
             found = {name: exc for _, name in names}
         for i, name in names:
@@ -268,76 +360,54 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
     return out
 
 
-def _read_ranged(archive: str, rows: list[tuple[int, str, str, int, int, bool]], options: dict,
-                 out: list[bytes | Exception], fresh: bool = False) -> None:
+def _read_ranged(archive: str, rows: list[_Ranged], options: dict, out: list[bytes | Exception],
+                 fresh: bool = False) -> None:
     """Ranged reads of one archive's members into ``out``. Rows without a span (``-1``) take it from the
     cached index and are checked against their headers; those that meet a header naming another
     member are read once more at the spans of a fresh listing (``fresh``), which are trusted."""
-    index = _index(archive, options, fresh) if any(check for *_, check in rows) else {}
-    todo, sums = [], {}
-    for i, proto, member, offset, size, check in rows:
-        if check and isinstance(index, Exception):
-            out[i] = index
-        elif check and member not in index:
-            out[i] = FileNotFoundError(f"{member!r} is not in {archive}")
-        elif check:  # a span from a fresh listing is trusted as it is
-            offset, size, sums[i] = index[member]  # type: ignore[index]
-            todo.append((i, proto, member, offset, size, not fresh))
+    index = _index(archive, options, fresh) if any(row.check for row in rows) else {}
+    todo: list[_Ranged] = []
+    sums: dict[int, int | None] = {}
+    for row in rows:
+        if row.check and isinstance(index, Exception):
+            out[row.index] = index
+        elif row.check and row.member not in index:
+            out[row.index] = FileNotFoundError(f"{row.member!r} is not in {archive}")
+        elif row.check:  # a span from a fresh listing is trusted as it is
+            offset, size, sums[row.index] = index[row.member]  # type: ignore[index]
+            todo.append(row._replace(offset=offset, size=size, check=not fresh))
         else:
-            todo.append((i, proto, member, offset, size, False))
+            todo.append(row)
     if not todo:
         return
     try:
         fs, path = url_to_fs(archive, **options)
-        starts = [offset - (512 if check and proto == "tar" else 0) for _, proto, _, offset, _, check in todo]
-        ends = [offset + size + (_ZIP_LOCAL.size + _ZIP_SLACK if proto == "zip" else 0) for _, proto, _, offset, size, _ in todo]
+        starts = [row.offset - (512 if row.check and row.protocol == "tar" else 0) for row in todo]
+        ends = [row.offset + row.size + (_ZIP_LOCAL.size + _ZIP_SLACK if row.protocol == "zip" else 0) for row in todo]
         got = fs.cat_ranges([path] * len(todo), starts, ends, on_error="return")
     except Exception as exc:  # the whole batch failed
         fs, path, got = None, None, [exc] * len(todo)
-    stale = []
-    for (i, proto, member, offset, size, check), raw in zip(todo, got):
-        if isinstance(raw, Exception) and check and not retry.is_transient(raw):
-            stale.append((i, proto, member, -1, -1, True))  # e.g. a range past the end of a shorter archive
+    stale: list[_Ranged] = []
+    for row, raw in zip(todo, got):
+        again = row._replace(offset=-1, size=-1, check=True)
+        if isinstance(raw, Exception) and row.check and not retry.is_transient(raw):
+            stale.append(again)  # e.g. a range past the end of a shorter archive
         elif isinstance(raw, Exception):
-            out[i] = raw
-        elif proto == "tar" and check:
-            if _tar_header_is(raw[:512], sums[i]) and len(raw) == 512 + size:
-                out[i] = raw[512:]
+            out[row.index] = raw
+        elif row.protocol == "tar" and row.check:
+            if _tar_header_is(raw[:512], sums[row.index]) and len(raw) == 512 + row.size:
+                out[row.index] = raw[512:]
             else:
-                stale.append((i, proto, member, -1, -1, True))
-        elif proto == "tar":
-            out[i] = raw
+                stale.append(again)
+        elif row.protocol == "tar":
+            out[row.index] = raw
         else:
             try:
-                out[i] = _unzip(fs, path, raw, offset, size, member if check else None)
+                out[row.index] = _unzip(fs, path, raw, row.offset, row.size, row.member if row.check else None)
             except _Stale:
-                stale.append((i, proto, member, -1, -1, True))
+                stale.append(again)
     if stale:
         _read_ranged(archive, stale, options, out, fresh=True)
-
-
-def close_streams() -> None:
-    """Close the compressed-tar stream this thread keeps open between reads (the end of a task)."""
-    state = getattr(_streams, "state", None)
-    _streams.state = None
-    if state is not None:
-        with contextlib.suppress(Exception):  # a stream that will not close is dropped all the same
-            state[1].close()
-
-
-@contextlib.contextmanager
-def closing_streams() -> Iterator[None]:
-    """Keep compressed-tar streams open between the reads inside, and close them at the end.
-
-    Examples
-    --------
-    >>> with closing_streams():
-    ...     pass
-    """
-    try:
-        yield
-    finally:
-        close_streams()
 
 
 def _unzip(fs, path: str, raw: bytes, offset: int, size: int, member: str | None = None) -> bytes | Exception:

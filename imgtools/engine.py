@@ -21,7 +21,7 @@ from .resize import draft_request, is_identity, plan, resize_all, resize_mask, t
 from .schema import Status, coordinate_column, parse_coordinate_column
 from .sinks.base import Chunk, Sink
 from . import retry
-from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, read_bytes, spans_of
+from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, ReadSession, read_bytes, spans_of
 
 __all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values", "result_columns",
            "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
@@ -186,12 +186,15 @@ def _is_moved(column: str) -> bool:
 
 
 def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink: Sink,
-                  storage_options: dict[str, Any] | None = None, reuse: pd.DataFrame | None = None) -> pd.DataFrame:
+                  storage_options: dict[str, Any] | None = None, reuse: pd.DataFrame | None = None, *,
+                  session: ReadSession | None = None) -> pd.DataFrame:
     """Read, decode, resize and write one chunk of inputs (listing rows); returns its manifest rows.
 
     The bytes of the whole chunk (and of its masks) are fetched in one batched call, so remote sources
     are read concurrently. Images whose ``relpath`` is in ``reuse`` (earlier manifest rows) keep their
     earlier result and are neither read nor written again. The sink writes the chunk, then its marker.
+    With ``session`` (from :func:`~imgtools.sources.reading`, with its own storage options) the chunk is
+    read in it, so that the chunks of one task go on through a compressed tar's stream.
     """
     items = items.reset_index(drop=True)
     n, keys = len(items), config.size_keys
@@ -200,8 +203,10 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     todo = [i for i, rel in enumerate(items["relpath"]) if rel not in known]
     mask_of = {i: items["mask"].iloc[i] for i in todo if config.masks and isinstance(items["mask"].iloc[i], str)}
     spans = spans_of(items.iloc[todo])
-    got = read_bytes(list(items["origin"].iloc[todo]) + list(mask_of.values()), storage_options,
-                     None if spans is None else spans + [None] * len(mask_of)) if todo else []
+    origins = list(items["origin"].iloc[todo]) + list(mask_of.values())
+    spans = None if spans is None else spans + [None] * len(mask_of)
+    read = session.read if session is not None else partial(read_bytes, storage_options=storage_options)
+    got = read(origins, spans=spans) if todo else []
     fetched, mask_bytes = dict(zip(todo, got[: len(todo)])), dict(zip(mask_of, got[len(todo) :]))
     payloads: dict[str, list[Any]] = {k: [None] * n for k in keys}
     masks: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keys} if config.masks else {}

@@ -17,7 +17,6 @@ from .config import LabelSource, PresizeConfig
 from .decode import decode
 from .errors import DecodeError
 from .pictures import save_png
-from . import archives
 from .sources import list_source, read_bytes
 
 __all__ = ["inspect", "InspectReport", "inspect_files"]
@@ -27,8 +26,7 @@ def inspect_files(items: pd.DataFrame, config: PresizeConfig, storage_options: d
     """One row per file: ``origin``, ``relpath``, ``bytes``, ``sha256``, ``format``, ``mode``, ``width``,
     ``height``, ``error``. Every file is decoded (JPEGs at 1/8 scale, which still reads every coefficient)."""
     rows = []
-    with archives.closing_streams():
-        got = read_bytes(list(items["origin"]), storage_options)
+    got = read_bytes(list(items["origin"]), storage_options)  # a session of its own: nothing stays open
     for origin, relpath, raw in zip(items["origin"], items["relpath"], got):
         row: dict[str, Any] = {"origin": origin, "relpath": relpath, "bytes": -1, "sha256": None, "format": None,
                                "mode": None, "width": -1, "height": -1, "error": None}

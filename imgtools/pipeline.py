@@ -27,8 +27,7 @@ from .memory import tune_allocator
 from .schema import OutputInfo, Status, ok_mask
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
-from . import archives
-from .sources import PAIRED_COLUMNS, list_source, read_bytes, spans_of
+from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of, stream_group
 
 __all__ = ["presize", "PresizeReport"]
 
@@ -154,9 +153,9 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
             if dask_client is not None:
                 parts.update(_run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress))
             else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
-                with archives.closing_streams():  # one thread: a compressed tar's stream goes on from chunk to chunk
+                with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
                     for i, part, reuse in todo:
-                        parts[i] = process_chunk(part, i, config, sink, storage_options, reuse)
+                        parts[i] = process_chunk(part, i, config, sink, storage_options, reuse, session=session)
                         bar.update(len(part))
         bar.close()
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
@@ -257,37 +256,38 @@ def _tasks(todo: list, items: pd.DataFrame, chunk: int) -> list[list]:
     compressed tar its predecessor ended in joins that task when reaching its first member afresh would
     mean decompressing at least a chunk's worth of members before it; so a big ``.tar.gz`` is
     decompressed once, in order, and many small ones still run side by side."""
-    starts = functools.cache(lambda: _archive_starts(items))  # listed only when a compressed tar needs it
+    starts = functools.cache(lambda: _stream_starts(items))  # found only when a compressed tar needs it
     tasks: list[list] = []
     last = None
     for entry in todo:
         part = entry[1]
         head = part["origin"].iloc[0]
-        first = archives.split_member(head)[2] if archives.is_member(head) else None
-        if (tasks and first is not None and first == last and archives.is_stream(first)
-                and int(part["index"].iloc[0]) - starts()[first] >= chunk):
+        first = stream_group(head)
+        if tasks and first is not None and first == last and int(part["index"].iloc[0]) - starts()[first] >= chunk:
             tasks[-1].append(entry)
         else:
             tasks.append([entry])
         tail = part["origin"].iloc[-1]
-        last = archives.split_member(tail)[2] if archives.is_member(tail) else None
+        last = stream_group(tail)
     return tasks
 
 
-def _archive_starts(items: pd.DataFrame) -> dict[str, int]:
-    """archive URL -> listing index of its first member."""
+def _stream_starts(items: pd.DataFrame) -> dict[str, int]:
+    """stream group (see :func:`~imgtools.sources.stream_group`) -> listing index of its first input."""
     starts: dict[str, int] = {}
     for index, origin in zip(items["index"], items["origin"]):
-        if archives.is_member(origin):
-            starts.setdefault(archives.split_member(origin)[2], int(index))
+        group = stream_group(origin)
+        if group is not None:
+            starts.setdefault(group, int(index))
     return starts
 
 
 def _run_task(task: list, config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:
     """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
-    with archives.closing_streams():
-        return [(i, process_chunk(part, i, config, sink, storage_options, reuse)) for i, part, reuse in task]
+    with reading(storage_options) as session:
+        return [(i, process_chunk(part, i, config, sink, storage_options, reuse, session=session))
+                for i, part, reuse in task]
 
 
 def _in_notebook() -> bool:
@@ -298,9 +298,8 @@ def _probe(row: pd.Series, config: PresizeConfig, sink, storage_options) -> bool
     """The whole per-image path for one input, keeping nothing: does it bring the worker down?"""
     mask = row.get("mask") if config.masks else None
     span = spans_of(row.to_frame().T)
-    with archives.closing_streams():
-        raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options,
-                                None if span is None else span + [None] * isinstance(mask, str))
+    raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options,
+                            None if span is None else span + [None] * isinstance(mask, str))
     coords = {c: row[c] for c in PAIRED_COLUMNS if c in row.index and isinstance(row[c], str)}
     return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == Status.OK.value
 

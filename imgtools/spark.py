@@ -65,12 +65,10 @@ def _image_rows(items: pd.DataFrame, config: PresizeConfig, channel_order: str, 
                 keys: list[str], storage_options: dict[str, Any] | None) -> pd.DataFrame:
     from .decode import decode_native
     from .errors import DecodeError
-    from .archives import closing_streams
     from .sources import read_bytes
 
     rows = []
-    with closing_streams():
-        got = read_bytes(list(items["origin"]), storage_options)
+    got = read_bytes(list(items["origin"]), storage_options)  # a session of its own: nothing stays open
     for origin, relpath, raw in zip(items["origin"], items["relpath"], got):
         try:
             if isinstance(raw, BaseException):

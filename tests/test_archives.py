@@ -12,11 +12,13 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 import imgtools
 from imgtools import presize
 from imgtools.errors import SourceError
-from imgtools.sources import list_source, read_bytes
+from imgtools.sources import list_source, read_bytes, reading, stream_group
+
 
 def _files(root: pathlib.Path) -> list[tuple[str, bytes]]:
     return [(p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
@@ -149,15 +151,92 @@ def test_resume_of_a_compressed_archive_only_redoes_missing_chunks(labelled_dir,
     assert pd.read_parquet(dest / "manifest.parquet")["status"].eq("ok").all()
 
 
-def test_a_stream_already_past_some_wanted_members_reads_them_all_on_a_fresh_pass(tmp_path):
-    """A retried or resumed chunk of a .tar.gz whose kept-open stream stopped part-way through it."""
-    from imgtools import archives
+class CountingFileSystem(LocalFileSystem):
+    """Local files under ``counting://``, remembering every file opened (to count passes over an
+    archive, and to see that each was closed)."""
 
+    protocol = "counting"
+    opened: list = []
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        return super()._strip_protocol(path[len("counting://"):] if path.startswith("counting://") else path)
+
+    def _open(self, path, *args, **kwargs):
+        f = super()._open(path, *args, **kwargs)
+        self.opened.append((path, f))
+        return f
+
+
+@pytest.fixture
+def counting_fs():
+    """The ``counting://`` filesystem, registered, its record of opened files emptied."""
+    import fsspec
+
+    fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
+    CountingFileSystem.opened.clear()
+    yield CountingFileSystem
+    CountingFileSystem.opened.clear()
+
+
+def _opens(fs, path) -> list:
+    return [f for p, f in fs.opened if p.endswith(str(path))]
+
+
+def test_a_session_goes_on_through_a_compressed_tar_and_closes_it_at_the_end(tmp_path, counting_fs):
     files = [(f"img/{i:03d}.jpg", b"x%d" % i) for i in range(12)]
     archive = make_archive("tar.gz", files, tmp_path)
-    archives._stream_read(str(archive), [name for name, _ in files[:10]], {})
-    got = read_bytes([f"tar://{name}::{archive}" for name, _ in files[6:]])
-    assert got == [data for _, data in files[6:]]
+    origins = [f"tar://{name}::counting://{archive}" for name, _ in files]
+    with reading() as session:
+        got = [session.read(origins[start : start + 4]) for start in (0, 4, 8)]
+        assert got == [[d for _, d in files[start : start + 4]] for start in (0, 4, 8)]
+        assert len(_opens(counting_fs, archive)) == 1  # one forward pass: later members go on from there
+        assert not _opens(counting_fs, archive)[0].closed  # kept open for the session's next read
+    assert session.closed and all(f.closed for f in _opens(counting_fs, archive))
+    with pytest.raises(ValueError, match="closed"):
+        session.read(origins[:1])
+    counting_fs.opened.clear()
+    assert read_bytes(origins[:4]) + read_bytes(origins[4:8]) == [d for _, d in files[:8]]  # a session each
+    assert len(_opens(counting_fs, archive)) == 2 and all(f.closed for f in _opens(counting_fs, archive))
+
+
+def test_a_stream_already_past_some_wanted_members_reads_them_all_on_a_fresh_pass(tmp_path, counting_fs):
+    """A retried or resumed chunk of a .tar.gz whose kept-open stream stopped part-way through it."""
+    files = [(f"img/{i:03d}.jpg", b"x%d" % i) for i in range(12)]
+    archive = make_archive("tar.gz", files, tmp_path)
+    origins = [f"tar://{name}::counting://{archive}" for name, _ in files]
+    with reading() as session:
+        assert session.read(origins[:10]) == [data for _, data in files[:10]]
+        assert session.read(origins[6:]) == [data for _, data in files[6:]]
+        assert session.read(origins[:1] + [f"tar://nope.jpg::counting://{archive}"])[0] == files[0][1]
+    assert len(_opens(counting_fs, archive)) == 3  # the first pass, a fresh one for 6..9, one for 0 and "nope"
+    assert all(f.closed for f in _opens(counting_fs, archive))
+
+
+def test_presize_reads_a_compressed_tar_once_across_its_chunks_and_closes_it(labelled_dir, tmp_path, counting_fs):
+    from distributed import Client, LocalCluster
+
+    archive = make_archive("tar.gz", _files(labelled_dir), tmp_path)
+    config = imgtools.PresizeConfig.build(sizes=[16], chunk=16)  # 5 chunks: one task of them all on Dask
+    presize(f"counting://{archive}", str(tmp_path / "here.zarr"), config=config, workers=0, progress=False)
+    assert len(_opens(counting_fs, archive)) == 2  # listed, then read in one pass by one session
+    assert all(f.closed for f in _opens(counting_fs, archive))
+    counting_fs.opened.clear()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:  # workers in this process: their opens are counted here
+        report = presize(f"counting://{archive}", str(tmp_path / "dask.zarr"), config=config, client=client,
+                         progress=False)
+    assert report.ok == 80 and len(_opens(counting_fs, archive)) == 2
+    assert all(f.closed for f in _opens(counting_fs, archive))
+    _same_output(str(tmp_path / "here.zarr"), str(tmp_path / "dask.zarr"), sizes=("16x16",))
+
+
+def test_stream_groups_are_compressed_tars_only():
+    assert stream_group("tar://a/1.jpg::file:///d/s.tar.gz") == stream_group("tar://b/2.jpg::file:///d/s.tar.gz")
+    assert stream_group("tar://a/1.jpg::simplecache::gs://b/s.tgz") == "simplecache::gs://b/s.tgz"
+    assert {stream_group(o) for o in ("tar://a/1.jpg::file:///d/s.tar", "zip://a/1.jpg::file:///d/s.zip",
+                                       "file:///d/a/1.jpg", "gs://b/x.tar.gz")} == {None}
 
 
 def test_a_folder_whose_name_holds_glob_characters_is_listed_as_a_folder(labelled_dir, tmp_path):
@@ -217,9 +296,7 @@ def test_an_archive_named_by_a_relative_path_is_listed_with_full_url_origins(lab
     assert read_bytes(origins) == [data for _, data in files]
 
 
-def test_an_archive_rewritten_in_place_is_indexed_again_and_streams_are_closed(tmp_path, labelled_dir):
-    from imgtools import archives
-
+def test_an_archive_rewritten_in_place_is_indexed_again(tmp_path):
     archive = make_archive("zip-stored", [("img/a.jpg", b"one")], tmp_path)
     assert read_bytes([f"zip://img/a.jpg::{archive}"]) == [b"one"]
     make_archive("zip-stored", [("pad/x.jpg", b"p" * 100), ("img/a.jpg", b"two!")], tmp_path)
@@ -229,10 +306,6 @@ def test_an_archive_rewritten_in_place_is_indexed_again_and_streams_are_closed(t
     make_archive("tar", [("pad/x.jpg", b"p" * 600), ("img/a.jpg", b"two!")], tmp_path)
     assert read_bytes([f"tar://img/a.jpg::{tar}"]) == [b"two!"]
     assert read_bytes([f"tar://pad/x.jpg::{tar}"]) == [b"p" * 600]  # from the index, no listing again
-    gz = make_archive("tar.gz", _files(labelled_dir), tmp_path)
-    presize(str(gz), str(tmp_path / "out.zarr"), config=imgtools.PresizeConfig.build(sizes=[16], chunk=16),
-            workers=0, progress=False)
-    assert getattr(archives._streams, "state", None) is None
 
 
 def test_a_dropped_connection_while_listing_or_reading_an_archive_is_retried_not_a_failure(tmp_path, flaky_fs):

@@ -210,7 +210,7 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     fetched, mask_bytes = dict(zip(todo, got[: len(todo)])), dict(zip(mask_of, got[len(todo) :]))
     payloads: dict[str, list[Any]] = {k: [None] * n for k in keys}
     masks: dict[str, list[np.ndarray | None]] = {k: [None] * n for k in keys} if config.masks else {}
-    names = list(RESULT_COLUMNS) + [f"{c}_{k}" for c in paired for k in keys]
+    names = list(RESULT_COLUMNS) + [coordinate_column(c, k) for c in paired for k in keys]
     columns: dict[str, list[Any]] = {c: [None] * n for c in names}
     for i in range(n):
         if i in fetched:

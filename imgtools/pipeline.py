@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -154,9 +154,10 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
                 parts.update(_run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress))
             else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
                 with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
-                    for i, part, reuse in todo:
-                        parts[i] = process_chunk(part, i, config, sink, storage_options, reuse, session=session)
-                        bar.update(len(part))
+                    for job in todo:
+                        parts[job.index] = process_chunk(job.items, job.index, config, sink, storage_options,
+                                                         job.reuse, session=session)
+                        bar.update(len(job.items))
         bar.close()
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
         if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
@@ -168,7 +169,7 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
                           sizes=config.size_keys + [k for k in derived if k not in config.size_keys], derived=derived)
         sink.finalize(manifest, info.to_attrs())
     failed = manifest[~ok_mask(manifest)][["index", "origin", "error"]].reset_index(drop=True)
-    processed = sum(len(p) - (0 if r is None else len(r)) for _, p, r in todo)
+    processed = sum(len(job.items) - (0 if job.reuse is None else len(job.reuse)) for job in todo)
     return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed), failed=len(failed),
                          seconds=time.perf_counter() - started, chunks_done=len(todo),
                          chunks_resumed=len(parts) - len(todo), processed=processed,
@@ -198,13 +199,22 @@ class _Heartbeat:
         self.sink.release_lock()
 
 
-def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional: bool):
+class ChunkJob(NamedTuple):
+    """One chunk still to do: its number, its inputs, and rows an earlier run finished that it reuses."""
+
+    index: int
+    items: pd.DataFrame
+    reuse: pd.DataFrame | None = None
+
+
+def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame,
+                 positional: bool) -> tuple[dict[int, pd.DataFrame], list[ChunkJob]]:
     """Split the inputs into chunks: those an earlier run finished (their rows rebuilt from the listing
-    and the markers' results) and those still to do, as (chunk number, items, earlier rows to reuse)."""
+    and the markers' results) and those still to do."""
     markers = {int(c): g for c, g in done.groupby("chunk")}
     reusable = None if positional or done.empty else done[ok_mask(done)]  # failures are retried
     parts: dict[int, pd.DataFrame] = {}
-    todo = []
+    todo: list[ChunkJob] = []
     for i, start in enumerate(range(0, len(items), chunk)):
         part = items.iloc[start : start + chunk]
         marker = markers.get(i)
@@ -214,7 +224,7 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame, positional
             parts[i] = manifest_frame(part.assign(**result_columns(marker)))
             continue
         reuse = None if reusable is None else reusable[reusable["relpath"].isin(part["relpath"])]
-        todo.append((i, part, None if reuse is None or reuse.empty else reuse))
+        todo.append(ChunkJob(i, part, None if reuse is None or reuse.empty else reuse))
     return parts, todo
 
 
@@ -251,22 +261,22 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
     return out
 
 
-def _tasks(todo: list, items: pd.DataFrame, chunk: int) -> list[list]:
+def _tasks(todo: list[ChunkJob], items: pd.DataFrame, chunk: int) -> list[list[ChunkJob]]:
     """Chunks grouped into tasks: one chunk a task, except that a chunk that goes on reading the
     compressed tar its predecessor ended in joins that task when reaching its first member afresh would
     mean decompressing at least a chunk's worth of members before it; so a big ``.tar.gz`` is
     decompressed once, in order, and many small ones still run side by side."""
     starts = functools.cache(lambda: _stream_starts(items))  # found only when a compressed tar needs it
-    tasks: list[list] = []
+    tasks: list[list[ChunkJob]] = []
     last = None
-    for entry in todo:
-        part = entry[1]
+    for job in todo:
+        part = job.items
         head = part["origin"].iloc[0]
         first = stream_group(head)
         if tasks and first is not None and first == last and int(part["index"].iloc[0]) - starts()[first] >= chunk:
-            tasks[-1].append(entry)
+            tasks[-1].append(job)
         else:
-            tasks.append([entry])
+            tasks.append([job])
         tail = part["origin"].iloc[-1]
         last = stream_group(tail)
     return tasks
@@ -282,12 +292,12 @@ def _stream_starts(items: pd.DataFrame) -> dict[str, int]:
     return starts
 
 
-def _run_task(task: list, config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:
+def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:
     """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
     with reading(storage_options) as session:
-        return [(i, process_chunk(part, i, config, sink, storage_options, reuse, session=session))
-                for i, part, reuse in task]
+        return [(job.index, process_chunk(job.items, job.index, config, sink, storage_options, job.reuse,
+                                          session=session)) for job in task]
 
 
 def _in_notebook() -> bool:
@@ -310,12 +320,12 @@ def _failed_rows(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
                          "mode": None})
 
 
-def _isolate(dask_client, task, config, storage_options, sink, bar) -> tuple[int, pd.DataFrame]:
+def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> tuple[int, pd.DataFrame]:
     """Run a chunk whose task killed its workers again and again: each image alone, then the chunk
     without the images that kill workers, which become failed rows with that reason."""
     from distributed import KilledWorker, wait
 
-    index, part, reuse = task
+    index, part, reuse = job
     done = set() if reuse is None else set(reuse["relpath"])
     suspects = part[~part["relpath"].isin(done)]
     bar.write(f"chunk {index}: a file kills workers; testing its {len(suspects)} images one by one", file=sys.stderr)
@@ -325,11 +335,11 @@ def _isolate(dask_client, task, config, storage_options, sink, bar) -> tuple[int
     killers = _failed_rows(suspects[killed], "the decoder crashed its worker process on every try")
     reuse = killers if reuse is None else pd.concat([reuse, killers], ignore_index=True)
     try:
-        rows = dask_client.submit(_run_task, [(index, part, reuse if len(reuse) else None)], config, sink,
+        rows = dask_client.submit(_run_task, [ChunkJob(index, part, reuse if len(reuse) else None)], config, sink,
                                   storage_options, pure=False, retries=2).result()[0][1]
     except KilledWorker:  # not one file alone: give up on the chunk's images, keep the run
         rest = _failed_rows(suspects[~suspects["relpath"].isin(killers["relpath"])],
                             "the worker died while processing this image's chunk")
-        rows = dask_client.submit(_run_task, [(index, part, pd.concat([reuse, rest], ignore_index=True))], config,
+        rows = dask_client.submit(_run_task, [ChunkJob(index, part, pd.concat([reuse, rest], ignore_index=True))], config,
                                   sink, storage_options, pure=False).result()[0][1]
     return index, rows

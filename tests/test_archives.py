@@ -246,7 +246,7 @@ def test_a_folder_whose_name_holds_glob_characters_is_listed_as_a_folder(labelle
 
 
 def _chunk_tasks(source, chunk: int) -> tuple[int, int]:
-    from imgtools.pipeline import _plan_chunks, _tasks
+    from imgtools.pipeline import _plan_chunks, _tasks  # the grouping itself: which chunks share a task
 
     items = list_source(source).items
     _, todo = _plan_chunks(items, chunk, pd.DataFrame({"chunk": [], "relpath": []}), True)

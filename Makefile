@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/imgtools presize $(SAMPLE) $(RESULT) --size 64 --size 224 --mode crop
 	@echo "result: $(RESULT) (zarr: 64x64/images, 224x224/images, ok, labels; manifest: $(RESULT)/manifest.parquet)"
 
-# the whole suite on Python 3.11, then on 3.12 where this machine has it
+# lint (ruff, once), then the whole suite on Python 3.11, then on 3.12 where this machine has it
 test: test311
 ifneq ($(strip $(PYTHON312)),)
 	$(MAKE) --no-print-directory test312
@@ -41,6 +41,7 @@ else
 endif
 
 test311: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test312: $(STAMP312)

@@ -69,6 +69,8 @@ def _listing(keys: int, latency: tuple[float, float]):
     """List ``keys`` tiny objects: moto runs in this process here, so that the bucket can be filled
     through its backend in seconds (100,000 PUTs over HTTP take many minutes); the listing itself
     goes over HTTP through the latency proxy."""
+    import logging
+
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
     from moto.server import ThreadedMotoServer
@@ -76,15 +78,14 @@ def _listing(keys: int, latency: tuple[float, float]):
     from imgtools.testing import free_port
     from imgtools.testing.servers import S3_REGION
 
-    import logging
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing", "client_kwargs": {"region_name": S3_REGION}}
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
+                   "client_kwargs": {"region_name": S3_REGION}}
         import fsspec
 
         fsspec.filesystem("s3", skip_instance_cache=True, **options).mkdir("many", region_name=S3_REGION)

@@ -154,9 +154,9 @@ def main() -> None:
                     shutil.rmtree(tmp / manifest.stem)  # would slow the runs after it (this disk is slow)
 
             candidates = {
-                "naive 1 proc": lambda fs: _loop(naive, fs, mode, side),
-                f"naive Pool({args.workers})": lambda fs: _pool_run(pool, naive, fs, mode, side),
-                "decode limit": lambda fs: _pool_run(pool, decode_limit, fs, mode, side),
+                "naive 1 proc": lambda fs, mode=mode, side=side: _loop(naive, fs, mode, side),
+                f"naive Pool({args.workers})": lambda fs, mode=mode, side=side: _pool_run(pool, naive, fs, mode, side),
+                "decode limit": lambda fs, mode=mode, side=side: _pool_run(pool, decode_limit, fs, mode, side),
                 "imgtools": run_imgtools,
             }
             rates: dict[str, list[float]] = {k: [] for k in candidates}
@@ -183,8 +183,8 @@ def main() -> None:
     starts = []
     for i in range(3):  # from the shell, a fresh process each time; the median of three
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(small), str(tmp / f"small-{i}.zarr"),
-                               "--quiet"], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(small),
+                                str(tmp / f"small-{i}.zarr"), "--quiet"], capture_output=True, text=True)
         starts.append(time.perf_counter() - t)
     cli_start = float(np.median(starts))
     table = pd.DataFrame(rows).set_index("geometry")
@@ -192,8 +192,8 @@ def main() -> None:
     print(f"{len(files)} images from {args.data}; {args.workers} workers; images/s in steady state (runs of N and 4N), "
           f"median of {args.rounds} rounds")
     print(table.round(2).to_string())
-    print(f"\nstart-up: local cluster {cluster_start:.1f} s; `imgtools presize` on 10 images {cli_start:.1f} s (median of 3) "
-          f"(exit {proc.returncode}: {proc.stdout.strip()})")
+    print(f"\nstart-up: local cluster {cluster_start:.1f} s; `imgtools presize` on 10 images {cli_start:.1f} s "
+          f"(median of 3) (exit {proc.returncode}: {proc.stdout.strip()})")
     print("\npayoff, 100 random 160x160 training images (median of 5 draws):")
     for name, seconds in payoff.items():
         print(f"  {name:44s} {seconds * 1000:8.1f} ms  ({payoff['decode + resize the originals'] / seconds:6.1f}x)")
@@ -203,8 +203,9 @@ def main() -> None:
 
 def _payoff(files: list[str], tmp: pathlib.Path, client) -> dict[str, float]:
     """The presizing recipe's measurement: random training images from a store vs from the originals."""
-    import imgtools
     import zarr
+
+    import imgtools
     from imgtools.config import PresizeConfig
 
     manifest = tmp / "payoff.csv"
@@ -227,7 +228,8 @@ def _payoff(files: list[str], tmp: pathlib.Path, client) -> dict[str, float]:
     def from_npy(idx):
         if mm is not None:
             return mm[np.sort(idx)]
-        return np.stack([parts[k][i - starts[k]] for i in np.sort(idx) for k in [np.searchsorted(starts, i, "right") - 1]])
+        return np.stack([parts[k][i - starts[k]]
+                         for i in np.sort(idx) for k in [np.searchsorted(starts, i, "right") - 1]])
 
     out = {}
     for name, load in (("decode + resize the originals", originals), ("zarr store (lz4 chunks)", from_zarr),

@@ -79,15 +79,16 @@ def local_table(paths: list[str], work: pathlib.Path, rounds: int) -> pd.DataFra
         imgtools.presize(str(manifest), str(dest), config=cfg, workers=2, progress=False)
         ds = imgtools.open(str(dest))
         size = ds.sizes[0]
-        plain = _rate(lambda: _count(DataLoader(PlainJpegs(paths, mode, side), batch_size=BATCH, shuffle=True,
-                                                num_workers=2)), rounds)
-        mapped = _rate(lambda: _count(DataLoader(ds.view(size), batch_size=BATCH, shuffle=True, num_workers=2)), rounds)
-        batches = _rate(lambda: _count(ds.batches(size, BATCH)), rounds)
+        plain = _rate(lambda mode=mode, side=side: _count(DataLoader(PlainJpegs(paths, mode, side), batch_size=BATCH,
+                                                                     shuffle=True, num_workers=2)), rounds)
+        mapped = _rate(lambda ds=ds, size=size: _count(DataLoader(ds.view(size), batch_size=BATCH, shuffle=True,
+                                                                  num_workers=2)), rounds)
+        batches = _rate(lambda ds=ds, size=size: _count(ds.batches(size, BATCH)), rounds)
         stream = ds.stream(size, BATCH)
-        streamed = _rate(lambda: _count(stream.loader()), rounds)
+        streamed = _rate(lambda stream=stream: _count(stream.loader()), rounds)
         persistent = stream.loader(num_workers=2, persistent_workers=True)
         _count(persistent)  # the workers start once
-        workers = _rate(lambda: _count(persistent), rounds)
+        workers = _rate(lambda persistent=persistent: _count(persistent), rounds)
         rows.append({"geometry": f"{name} (chunk {ds.config.chunk})", "DataLoader, originals": plain,
                      "DataLoader, imgtools map-style": mapped, "x originals": mapped / plain,
                      "ds.batches": batches, "stream": streamed, "stream / batches": streamed / batches,
@@ -115,18 +116,19 @@ def bucket_table(paths: list[str], work: pathlib.Path, latency: tuple[float, flo
                 ds = imgtools.open(url, storage_options=options, cache=cache)
                 n = len(ds)
                 row = {"size": size, "images": n}
-                row["batches, epoch 1"] = _rate(lambda: _count(ds.batches(size, BATCH)), 1)
-                row["batches, epoch 2"] = _rate(lambda: _count(ds.batches(size, BATCH)), rounds)
+                row["batches, epoch 1"] = _rate(lambda ds=ds, size=size: _count(ds.batches(size, BATCH)), 1)
+                row["batches, epoch 2"] = _rate(lambda ds=ds, size=size: _count(ds.batches(size, BATCH)), rounds)
                 picks = np.random.default_rng(0).integers(0, n, 2000)
                 view = ds.view(size)
-                row["ds[i] at random, after"] = _rate(lambda: sum(1 for i in picks if view[int(i)] is not None), rounds)
+                row["ds[i] at random, after"] = _rate(
+                    lambda picks=picks, view=view: sum(1 for i in picks if view[int(i)] is not None), rounds)
                 fresh = imgtools.open(url, storage_options=options, cache=DiskCache(work / f"cache-stream-{size}"))
                 stream = fresh.stream(size, BATCH)
-                row["stream, epoch 1"] = _rate(lambda: _count(stream.loader()), 1)
-                row["stream, epoch 2"] = _rate(lambda: _count(stream.loader()), rounds)
+                row["stream, epoch 1"] = _rate(lambda stream=stream: _count(stream.loader()), 1)
+                row["stream, epoch 2"] = _rate(lambda stream=stream: _count(stream.loader()), rounds)
                 bare = imgtools.open(url, storage_options=options, cache=False)
                 row["batches, no cache, no prefetch"] = _rate(
-                    lambda: _count(_batches_without_prefetch(bare, size)), 1)
+                    lambda bare=bare, size=size: _count(_batches_without_prefetch(bare, size)), 1)
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -146,13 +148,15 @@ def main() -> None:
     parser.add_argument("--skip-bucket", action="store_true")
     parser.add_argument("--png", help="write a bar chart here")
     args = parser.parse_args()
-    files = sorted(str(p.resolve()) for p in pathlib.Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    files = sorted(str(p.resolve()) for p in pathlib.Path(args.data).rglob("*")
+                   if p.suffix.lower() in (".jpg", ".jpeg"))
     paths = files * args.repeat
     with tempfile.TemporaryDirectory(prefix="imgtools-reading-") as tmp:
         work = pathlib.Path(tmp)
         local = local_table(paths, work, args.rounds)
         pd.set_option("display.width", 200)
-        print(f"{len(paths)} images ({len(files)} JPEGs x {args.repeat}), batch {BATCH}, images/s (median of {args.rounds})")
+        print(f"{len(paths)} images ({len(files)} JPEGs x {args.repeat}), batch {BATCH}, "
+              f"images/s (median of {args.rounds})")
         print(local.round(2).to_string(index=False))
         bucket = None
         if not args.skip_bucket:

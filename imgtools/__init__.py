@@ -9,13 +9,12 @@ Examples
 from __future__ import annotations
 
 from ._version import __version__
-
-from .config import PresizeConfig, ResizeMode, OutputFormat, Size  # noqa: E402
-from .errors import ConfigError, DecodeError, DestinationError, ImgtoolsError, SourceError, UnsupportedError  # noqa: E402
-from .inspect import InspectReport, inspect  # noqa: E402
-from .pipeline import PresizeReport, presize  # noqa: E402
-from .readers import Dataset, open  # noqa: E402,A004
-from .spark import from_array, read_images, to_array  # noqa: E402
+from .config import OutputFormat, PresizeConfig, ResizeMode, Size
+from .errors import ConfigError, DecodeError, DestinationError, ImgtoolsError, SourceError, UnsupportedError
+from .inspect import InspectReport, inspect
+from .pipeline import PresizeReport, presize
+from .readers import Dataset, open  # noqa: A004
+from .spark import from_array, read_images, to_array
 
 __all__ = [
     "__version__",

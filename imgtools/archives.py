@@ -147,7 +147,8 @@ def _list_once(fs: Any, path: str) -> list[tuple[str, int, int, int | None]]:
         with fs.open(path, "rb", **({} if compressed else {"block_size": LIST_BLOCK})) as f:
             if protocol == "zip":
                 with zipfile.ZipFile(f) as zf:
-                    return [(i.filename, i.header_offset, i.compress_size, None) for i in zf.infolist() if not i.is_dir()]
+                    return [(i.filename, i.header_offset, i.compress_size, None)
+                            for i in zf.infolist() if not i.is_dir()]
             with tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
                 return [(m.name, -1, -1, None) if compressed else (m.name, m.offset_data, m.size, m.chksum)
                         for m in _tar_members(tar)]
@@ -194,7 +195,8 @@ def _tar_header_is(block: bytes, chksum: int | None) -> bool:
     """Whether the 512-byte block before a member's data is still the header it was listed with (its
     checksum covers the name, size and dates as stored, whatever the tar format)."""
     try:
-        return len(block) == 512 and tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape").chksum == chksum
+        return (len(block) == 512
+                and tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape").chksum == chksum)
     except tarfile.HeaderError:
         return False
 
@@ -211,7 +213,8 @@ def _zip_data(raw: bytes, size: int, member: str | None = None) -> bytes | int:
         raise _Stale(member)
     sig, _, flags, method, _, _, _, _, _, name_len, extra_len = _ZIP_LOCAL.unpack_from(raw)
     if member is not None:
-        name = raw[_ZIP_LOCAL.size : _ZIP_LOCAL.size + name_len].decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        encoding = "utf-8" if flags & 0x800 else "cp437"
+        name = raw[_ZIP_LOCAL.size : _ZIP_LOCAL.size + name_len].decode(encoding, "replace")
         if sig != b"PK\x03\x04" or name != member:
             raise _Stale(member)
     if sig != b"PK\x03\x04":

@@ -67,7 +67,7 @@ class DiskCache:
     def __repr__(self) -> str:
         return f"DiskCache({str(self.path)!r}, max_bytes={self.max_bytes})"
 
-    def bind(self, url: str, token: str) -> "BoundCache":
+    def bind(self, url: str, token: str) -> BoundCache:
         """The cache of one output (``url``) as written by one run (``token``); other tokens' files of the
         same URL are removed."""
         return BoundCache(self, url, token)

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .config import DEFAULT_MAX_PIXELS, Compression, LabelSource, OutputFormat, PresizeConfig, Resample, ResizeMode
@@ -28,7 +28,7 @@ DEFAULT_SAMPLE = "data/sample"
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line: ``imgtools: error: ...`` and exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"imgtools: error: {message}\n")
         raise SystemExit(2)
 
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presize", help="resize a folder, bucket or manifest of images into arrays or files",
                        parents=[_cluster_options("local worker processes (default: one per core; 0: in this process)"),
-                                _storage_options("fsspec option for SOURCE and DEST, repeatable; KEY:=JSON for a number")])
+                                _storage_options("fsspec option for SOURCE and DEST, repeatable; "
+                                                 "KEY:=JSON for a number")])
     p.add_argument("source", help="folder or URL of images, or a .csv/.parquet manifest with a 'path' column")
     p.add_argument("dest", help="folder or URL for the output (created when missing)")
     p.add_argument("--size", action="append", metavar="N|WxH", help="target size, repeatable (default 64)")
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dest", nargs="?", default=DEFAULT_SAMPLE, help=f"folder to write (default {DEFAULT_SAMPLE})")
     s.add_argument("--n", type=int, default=3000, help="number of files (default 3000)")
     s.add_argument("--seed", type=int, default=0)
-    y = sub.add_parser("sync", help="copy a file tree between two locations (local, gs://, s3://), in parallel, resumably",
+    y = sub.add_parser("sync",
+                       help="copy a file tree between two locations (local, gs://, s3://), in parallel, resumably",
                        parents=[_storage_options("fsspec option for SRC and DST, repeatable")])
     y.add_argument("src", help="folder, URL or file to copy")
     y.add_argument("dst", help="folder or URL to copy to; files already there with the same size and MD5 are skipped")
@@ -211,7 +213,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .sample import make_sample
 
     info = make_sample(args.dest, n=args.n, seed=args.seed)
-    print(f"sample dataset: {info.n} files in {len(info.classes)} labelled folders ({len(info.broken)} broken) at {info.path}")
+    print(f"sample dataset: {info.n} files in {len(info.classes)} labelled folders ({len(info.broken)} broken) "
+          f"at {info.path}")
     return 0
 
 

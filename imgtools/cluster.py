@@ -230,7 +230,8 @@ def where_to_run(client: Any = None, scheduler: str | None = None, workers: int 
     --------
     >>> where_to_run(workers=0)
     Placement(existing=None, workers=0, owned=False)
-    >>> with where_to_run(scheduler="tcp://10.0.0.5:8786") as where, where.client(len(chunks)) as client:  # doctest: +SKIP
+    >>> with (where_to_run(scheduler="tcp://10.0.0.5:8786") as where,  # doctest: +SKIP
+    ...       where.client(len(chunks)) as client):
     ...     results = [work(c) for c in chunks] if client is None else client.gather(client.map(work, chunks))
     """
     if workers is not None and workers < 0:

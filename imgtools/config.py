@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 
@@ -37,11 +37,14 @@ DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
+_C = TypeVar("_C", bound="_Choice")
+
+
 class _Choice(str, enum.Enum):
     """A string enum whose lookup error names the bad value and the allowed ones."""
 
     @classmethod
-    def parse(cls, value: Any) -> "_Choice":
+    def parse(cls: type[_C], value: Any) -> _C:
         if isinstance(value, cls):
             return value
         try:
@@ -183,7 +186,7 @@ def parse_color(value: str | Sequence[int]) -> tuple[int, int, int]:
         if text in _NAMED_COLORS:
             return _NAMED_COLORS[text]
         if re.fullmatch(r"#[0-9a-f]{6}", text):
-            return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+            return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
         parts = text.split(",")
     else:
         parts = list(value)
@@ -193,7 +196,7 @@ def parse_color(value: str | Sequence[int]) -> tuple[int, int, int]:
         raise ConfigError(f"colour {value!r} is not a name, #rrggbb or r,g,b") from None
     if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
         raise ConfigError(f"colour {value!r} is not a name, #rrggbb or r,g,b")
-    return rgb  # type: ignore[return-value]
+    return rgb
 
 
 def _parse_number(name: str, value: float | str) -> float:
@@ -287,7 +290,7 @@ class PresizeConfig:
         quality: int = 90,
         masks: bool = False,
         draft_factor: float | str = 2.0,
-    ) -> "PresizeConfig":
+    ) -> PresizeConfig:
         """Check plain values and build a config; raises ConfigError naming the first bad one.
 
         Every field of :class:`PresizeConfig` can be given, as its own type or as plain text; ``chunk``
@@ -310,12 +313,12 @@ class PresizeConfig:
         parsed = tuple(parse_size(s) for s in sizes)
         return cls(
             sizes=parsed,
-            mode=ResizeMode.parse(mode),  # type: ignore[arg-type]
-            format=OutputFormat.parse(format),  # type: ignore[arg-type]
-            labels=LabelSource.parse(labels),  # type: ignore[arg-type]
+            mode=ResizeMode.parse(mode),
+            format=OutputFormat.parse(format),
+            labels=LabelSource.parse(labels),
             chunk=int(chunk) if chunk is not None else auto_chunk(parsed) if parsed else 256,
-            resample=Resample.parse(resample),  # type: ignore[arg-type]
-            compression=Compression.parse(compression),  # type: ignore[arg-type]
+            resample=Resample.parse(resample),
+            compression=Compression.parse(compression),
             background=parse_color(background),
             pad_color=parse_color(pad_color),
             only_if_bigger=bool(only_if_bigger),
@@ -343,7 +346,7 @@ class PresizeConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PresizeConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PresizeConfig:
         """Rebuild a config written by :meth:`to_dict`: ``from_dict(cfg.to_dict()) == cfg``. Keys that
         an older output lacks take their defaults (``draft_factor`` 2).
 

@@ -156,7 +156,8 @@ def _open(dest: str, storage_options) -> tuple[OutputInfo, Sink]:
 def _load(sink: Sink, key: str, size: Size, n: int, masks: bool = False) -> da.Array:
     chunk = sink.config.chunk
     tail = (size.height, size.width) + (() if masks else (3,))
-    parts = [da.from_delayed(dask.delayed(sink.read_part)(key, i, masks), (min(chunk, n - start),) + tail, dtype=np.uint8)
+    parts = [da.from_delayed(dask.delayed(sink.read_part)(key, i, masks), (min(chunk, n - start),) + tail,
+                             dtype=np.uint8)
              for i, start in enumerate(range(0, n, chunk))]
     return da.concatenate(parts)
 

@@ -14,17 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import retry
 from .config import PresizeConfig
 from .decode import decode, decode_mask
 from .errors import DecodeError
 from .resize import draft_request, is_identity, plan, resize_all, resize_mask, transform_points
 from .schema import Status, coordinate_column, parse_coordinate_column
 from .sinks.base import Chunk, Sink
-from . import retry
 from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, ReadSession, read_bytes, spans_of
 
-__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values", "result_columns",
-           "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
+__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values",
+           "result_columns", "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
 
 #: Manifest columns, in order.
 MANIFEST_COLUMNS = ["index", "origin", "relpath", "label", "label_id", "status", "error", "height", "width", "mode"]
@@ -123,7 +123,8 @@ def pair_targets(result: ImageResult, mask: bytes | BaseException | None, coords
                 out = transform_points(values.reshape(-1, 2), s, config, original)
                 if col == "boxes":
                     out = np.clip(out, 0, [s.width, s.height])
-                moved[coordinate_column(col, s.key(config.mode))] = json.dumps(np.round(out, 3).reshape(-1, width).tolist())
+                rounded = np.round(out, 3).reshape(-1, width).tolist()
+                moved[coordinate_column(col, s.key(config.mode))] = json.dumps(rounded)
     except DecodeError as exc:
         failed = dataclasses.replace(result, arrays=None, error=str(exc), unchanged=frozenset())
         return failed, {}, {k: None for k in moved}
@@ -161,8 +162,8 @@ def process_one(raw: bytes | BaseException, mask: bytes | BaseException | None, 
         except Exception as exc:  # e.g. a side over the output format's limit
             result, masks = dataclasses.replace(result, arrays=None, error=f"encode failed: {exc}"), {}
             moved = {k: None for k in moved}
-    values = {"status": (Status.OK if result.ok else Status.FAILED).value, "error": result.error, "height": result.height,
-              "width": result.width, "mode": result.mode, **moved}
+    values = {"status": (Status.OK if result.ok else Status.FAILED).value, "error": result.error,
+              "height": result.height, "width": result.width, "mode": result.mode, **moved}
     return Outcome(values, payloads, masks)
 
 
@@ -178,7 +179,8 @@ def previous_values(previous: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
 def result_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:
     """The columns of manifest rows that an image's processing decided (status, sizes, moved
     coordinates), in row order, missing values as None."""
-    return {c: [None if pd.isna(v) else v for v in rows[c]] for c in rows.columns if c in RESULT_COLUMNS or _is_moved(c)}
+    return {c: [None if pd.isna(v) else v for v in rows[c]]
+            for c in rows.columns if c in RESULT_COLUMNS or _is_moved(c)}
 
 
 def _is_moved(column: str) -> bool:
@@ -227,7 +229,8 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
             columns[c][i] = values.get(c)
     rows = manifest_frame(items.assign(**columns))
     chunk = Chunk(index=chunk_index, start=int(items["index"].iloc[0]), rows=rows, images=payloads, masks=masks)
-    retry.call(lambda: sink.write(chunk), f"writing chunk {chunk_index} to {sink.url}")  # whole chunk objects: safe to redo
+    # whole chunk objects: safe to redo
+    retry.call(lambda: sink.write(chunk), f"writing chunk {chunk_index} to {sink.url}")
     return rows
 
 

@@ -40,7 +40,8 @@ def inspect_files(items: pd.DataFrame, config: PresizeConfig, storage_options: d
             except DecodeError as exc:
                 row["error"] = str(exc)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["origin", "relpath", "bytes", "sha256", "format", "mode", "width", "height", "error"])
+    return pd.DataFrame(rows, columns=["origin", "relpath", "bytes", "sha256", "format", "mode", "width", "height",
+                                       "error"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,8 @@ def _quantiles(values: pd.Series) -> dict[str, float]:
     v = values.to_numpy(np.float64)
     if not len(v):
         return {"min": 0.0, "median": 0.0, "p99": 0.0, "max": 0.0}
-    return {"min": float(v.min()), "median": float(np.median(v)), "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+    return {"min": float(v.min()), "median": float(np.median(v)), "p99": float(np.percentile(v, 99)),
+            "max": float(v.max())}
 
 
 def inspect(source: str, *, config: PresizeConfig | None = None, client: Any = None, scheduler: str | None = None,

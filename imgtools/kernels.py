@@ -117,7 +117,8 @@ def to_rgb(arr: np.ndarray, layout: ChannelLayout, background: tuple[int, int, i
     return out
 
 
-def to_rgb_ref(arr: np.ndarray, layout: ChannelLayout, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def to_rgb_ref(arr: np.ndarray, layout: ChannelLayout,
+               background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """NumPy reference of :func:`to_rgb`."""
     src = _as_hwc(arr, layout)
     if src.ndim == 2:

@@ -67,7 +67,7 @@ class ChunkStream(IterableDataset):
     ...         ...
     """
 
-    def __init__(self, dataset: "Dataset", batch_size: int = 64, seed: int = 0, shuffle: bool = True,
+    def __init__(self, dataset: Dataset, batch_size: int = 64, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, rank: int | None = None, world_size: int | None = None,
                  window_chunks: int = 2, streams: int = 12, normalize: tuple[Any, Any] | None = None,
                  layout: str = "NHWC"):
@@ -146,7 +146,7 @@ class ChunkStream(IterableDataset):
         for x, y in self.dataset.read_batches(mine, self.normalize, self.layout, LOOKAHEAD):
             yield x, y.astype(np.int64)
 
-    def loader(self, num_workers: int = 0, **options: Any) -> "StreamLoader":
+    def loader(self, num_workers: int = 0, **options: Any) -> StreamLoader:
         """A :class:`StreamLoader` over this stream (``batch_size=None``: the stream makes the batches).
 
         Reading a chunk costs about a memory copy, and remote chunks are fetched by threads, so worker

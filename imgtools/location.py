@@ -32,7 +32,7 @@ class Location:
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
-    def resolve(cls, url: str, storage_options: dict[str, Any] | None = None) -> "Location":
+    def resolve(cls, url: str, storage_options: dict[str, Any] | None = None) -> Location:
         """Resolve ``url`` with fsspec, once."""
         options = dict(storage_options or {})
         fs, root = url_to_fs(str(url), **options)

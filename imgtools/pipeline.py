@@ -21,8 +21,8 @@ import pandas as pd
 from ._version import __version__
 from .cluster import Placement, dashboard_link, where_to_run
 from .config import PresizeConfig, Size
-from .errors import ConfigError
 from .engine import manifest_frame, process_chunk, process_one, result_columns
+from .errors import ConfigError
 from .memory import tune_allocator
 from .schema import OutputInfo, Status, ok_mask
 from .sinks import make_sink
@@ -218,7 +218,8 @@ def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame,
     for i, start in enumerate(range(0, len(items), chunk)):
         part = items.iloc[start : start + chunk]
         marker = markers.get(i)
-        if (marker is not None and len(marker) == len(part) and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
+        if (marker is not None and len(marker) == len(part)
+                and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
                 and (positional or ok_mask(marker).all())):
             # the marker's rows are the chunk's, in order: take them by position (a relpath may repeat)
             parts[i] = manifest_frame(part.assign(**result_columns(marker)))
@@ -252,7 +253,8 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
             try:
                 pairs = [pair for group in future.result() for pair in group]
             except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
-                pairs = [_isolate(dask_client, chunk, config, storage_options, sink, bar) for chunk in task_of[future.key]]
+                pairs = [_isolate(dask_client, chunk, config, storage_options, sink, bar)
+                         for chunk in task_of[future.key]]
             for index, rows in pairs:
                 out[index] = rows
                 bar.update(len(rows))
@@ -329,7 +331,8 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
     done = set() if reuse is None else set(reuse["relpath"])
     suspects = part[~part["relpath"].isin(done)]
     bar.write(f"chunk {index}: a file kills workers; testing its {len(suspects)} images one by one", file=sys.stderr)
-    probes = [dask_client.submit(_probe, row, config, sink, storage_options, pure=False) for _, row in suspects.iterrows()]
+    probes = [dask_client.submit(_probe, row, config, sink, storage_options, pure=False)
+              for _, row in suspects.iterrows()]
     wait(probes)
     killed = [probe.status == "error" and isinstance(probe.exception(), KilledWorker) for probe in probes]
     killers = _failed_rows(suspects[killed], "the decoder crashed its worker process on every try")
@@ -340,6 +343,6 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
     except KilledWorker:  # not one file alone: give up on the chunk's images, keep the run
         rest = _failed_rows(suspects[~suspects["relpath"].isin(killers["relpath"])],
                             "the worker died while processing this image's chunk")
-        rows = dask_client.submit(_run_task, [ChunkJob(index, part, pd.concat([reuse, rest], ignore_index=True))], config,
-                                  sink, storage_options, pure=False).result()[0][1]
+        rows = dask_client.submit(_run_task, [ChunkJob(index, part, pd.concat([reuse, rest], ignore_index=True))],
+                                  config, sink, storage_options, pure=False).result()[0][1]
     return index, rows

@@ -25,10 +25,10 @@ from .chunkcache import BoundCache, DiskCache
 from .config import OutputFormat, parse_size
 from .errors import ConfigError, UnsupportedError
 from .order import EpochPlan
+from .pictures import save_png
 from .schema import ok_mask
 from .sinks import MANIFEST, detect
 from .sinks.zarr_sink import ZarrSink
-from .pictures import save_png
 from .store import PREFETCH, Reader, make_reader
 
 __all__ = ["Dataset", "open"]
@@ -87,14 +87,15 @@ class Dataset:
                 f"sizes {', '.join(self.sizes)}, {len(self.label_names)} labels, {self.config.format.value}>")
 
     def view(self, size: str | None = None, failed: bool = False,
-             transform: Callable[[np.ndarray], Any] | None = None) -> "Dataset":
+             transform: Callable[[np.ndarray], Any] | None = None) -> Dataset:
         """The same output, read at ``size``, over every row (``failed=True``: failed rows are zeros, or
         None for image files) or the ok ones, with ``transform`` applied to each image of ``ds[j]``.
 
         Examples
         --------
-        >>> train = imgtools.open("out/sample.zarr").view("224x224", transform=torchvision.transforms.ToTensor())  # doctest: +SKIP
-        >>> DataLoader(train, batch_size=64, shuffle=True, num_workers=2)                                        # doctest: +SKIP
+        >>> train = imgtools.open("out/sample.zarr").view("224x224",
+        ...                                               transform=torchvision.transforms.ToTensor())  # doctest: +SKIP
+        >>> DataLoader(train, batch_size=64, shuffle=True, num_workers=2)  # doctest: +SKIP
         """
         out = copy.copy(self)
         out.size = self._size(size)
@@ -287,6 +288,7 @@ def open(dest: str, storage_options: dict[str, Any] | None = None,  # noqa: A001
     >>> ds = imgtools.open("out/sample.zarr")       # doctest: +SKIP
     >>> ds.images("64x64")                           # doctest: +SKIP
     dask.array<...>
-    >>> remote = imgtools.open("gs://bucket/out.zarr", cache=DiskCache("/mnt/ssd/cache", max_bytes=100 << 30))  # doctest: +SKIP
+    >>> remote = imgtools.open("gs://bucket/out.zarr",
+    ...                        cache=DiskCache("/mnt/ssd/cache", max_bytes=100 << 30))  # doctest: +SKIP
     """
     return Dataset(dest, storage_options, cache)

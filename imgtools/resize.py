@@ -91,7 +91,8 @@ def draft_request(width: int, height: int, config: PresizeConfig) -> tuple[int, 
     return min(need_w, width), min(need_h, height)
 
 
-def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig, original: tuple[int, int]) -> np.ndarray:
+def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig,
+           original: tuple[int, int]) -> np.ndarray:
     """Resize one upright RGB image (H x W x 3 uint8) to ``size`` following ``config`` (mode, filter,
     pad colour).
 
@@ -123,7 +124,8 @@ def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig, 
     return canvas
 
 
-def resize_all(pixels: np.ndarray | Image.Image, config: PresizeConfig, original: tuple[int, int]) -> dict[str, np.ndarray]:
+def resize_all(pixels: np.ndarray | Image.Image, config: PresizeConfig,
+               original: tuple[int, int]) -> dict[str, np.ndarray]:
     """Every size of ``config`` from one decoded RGB image (Pillow or H x W x 3 array), keyed by size name
     (``64x64``, ``short160``).
 

@@ -98,7 +98,7 @@ class OutputInfo:
         return {ATTRS_KEY: info}
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any] | None) -> "OutputInfo | None":
+    def from_attrs(cls, attrs: dict[str, Any] | None) -> OutputInfo | None:
         """The info in an output's attributes, or None when they hold none."""
         info = (attrs or {}).get(ATTRS_KEY)
         if not isinstance(info, dict):

@@ -136,7 +136,8 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
         if _GLOB & set(url):
             try:
                 fs, pattern = url_to_fs(url, **storage_options)
-                found += [fs.unstrip_protocol(p) for p in retry.call(lambda: fs.glob(pattern), f"listing {url}")]
+                found += [fs.unstrip_protocol(p)
+                          for p in retry.call(lambda fs=fs, pattern=pattern: fs.glob(pattern), f"listing {url}")]
             except StorageError:
                 raise
             except Exception as exc:
@@ -165,7 +166,8 @@ def _exists(url: str, storage_options: dict) -> bool:
         return False
 
 
-def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict, every_file: bool = False) -> pd.DataFrame:
+def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict,
+                   every_file: bool = False) -> pd.DataFrame:
     """Members of every archive (shards in URL order, members in archive order), with their spans."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -218,7 +220,8 @@ def _list_manifest(url: str, fs, path: str, labels: LabelSource, storage_options
     out = pd.DataFrame({"origin": origins, "relpath": relpaths})
     out["label"] = [None if pd.isna(v) else str(v) for v in label] if label is not None else None
     if "mask" in table.columns:
-        out["mask"] = [None if not isinstance(v, str) or not v.strip() else _resolve(fs, base, v)[0] for v in table["mask"]]
+        out["mask"] = [None if not isinstance(v, str) or not v.strip() else _resolve(fs, base, v)[0]
+                       for v in table["mask"]]
     for col in PAIRED_COLUMNS:
         if col in table.columns:
             out[col] = [None if pd.isna(v) else str(v) for v in table[col]]

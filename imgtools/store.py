@@ -56,8 +56,8 @@ class Part:
 class ArrayLayout(abc.ABC):
     """How an array output names and encodes its chunk files (made from the output's location and sizes)."""
 
-    def __init__(self, location: Location, sizes: Sequence[str]):
-        """Nothing to read ahead by default."""
+    def __init__(self, location: Location, sizes: Sequence[str]):  # noqa: B027 - not abstract: NpyLayout inherits it
+        """Nothing to set up by default (layouts that need the location or sizes override this)."""
 
     @abc.abstractmethod
     def part(self, size: str, k: int, rows: int) -> Part:
@@ -200,7 +200,7 @@ class Reader(abc.ABC):
             out[j] = 0 if img is None else img
         return out
 
-    def prefetch(self, size: str, ks: Iterable[int]) -> None:
+    def prefetch(self, size: str, ks: Iterable[int]) -> None:  # noqa: B027 - optional hook: local stores read on demand
         """Start reading chunks ``ks`` in the background (remote stores only; bounded)."""
 
     def _call(self, fn, what: str):

@@ -165,7 +165,8 @@ def _write_all(fs, files: dict[str, bytes], what: str) -> dict[str, str]:
     failed = {}
     for path, data in files.items():
         try:
-            retry.call(lambda: (fs.makedirs(posixpath.dirname(path), exist_ok=True), fs.pipe_file(path, data)),
+            retry.call(lambda path=path, data=data: (fs.makedirs(posixpath.dirname(path), exist_ok=True),
+                                                     fs.pipe_file(path, data)),
                        f"writing {path}")
         except StorageError:
             raise
@@ -213,7 +214,8 @@ def _to_copy(src_files: dict[str, dict[str, Any]], dst_files: dict[str, dict[str
             verdicts = pool.map(_same_by_reading, part, [src_files[rel] for rel in part],
                                 [dst_files[rel] for rel in part], repeat(source), repeat(dest))
             same.update(zip(part, verdicts))
-    return [_File(rel, int(src_files[rel].get("size") or 0)) for rel in sorted(rel for rel in src_files if not same[rel])]
+    return [_File(rel, int(src_files[rel].get("size") or 0))
+            for rel in sorted(rel for rel in src_files if not same[rel])]
 
 
 def _copy_small(files: Sequence[_File], source: _Side, dest: _Side, what: str) -> tuple[list[_Failure], int]:
@@ -333,7 +335,8 @@ def _copy_stream(src_fs, src_path: str, dst_fs, dst_path: str) -> None:
     """A big file, block by block, never whole in memory; retried whole on transient errors."""
     def once() -> None:
         dst_fs.makedirs(posixpath.dirname(dst_path), exist_ok=True)
-        with src_fs.open(src_path, "rb", block_size=_BLOCK, cache_type="none") as fin, dst_fs.open(dst_path, "wb") as fout:
+        with (src_fs.open(src_path, "rb", block_size=_BLOCK, cache_type="none") as fin,
+              dst_fs.open(dst_path, "wb") as fout):
             while block := fin.read(_BLOCK):
                 fout.write(block)
 

@@ -293,7 +293,8 @@ def stores(tmp_path_factory) -> dict[str, str]:
     out = {}
     for name, fmt, compression in [("zarr", "zarr", "none"), ("zarr-lz4", "zarr", "lz4"), ("zarr-zstd", "zarr", "zstd"),
                                    ("npy", "npy", "none")]:
-        cfg = imgtools.PresizeConfig.build(sizes=[16, "24x12"], mode="crop", format=fmt, chunk=16, compression=compression)
+        cfg = imgtools.PresizeConfig.build(sizes=[16, "24x12"], mode="crop", format=fmt, chunk=16,
+                                           compression=compression)
         imgtools.presize(str(root / "src"), str(root / name), config=cfg, workers=0, progress=False)
         out[name] = str(root / name)
     return out

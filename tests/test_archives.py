@@ -66,7 +66,8 @@ def _same_output(a: str, b: str, sizes=("64x64",)) -> None:
 
 @pytest.mark.parametrize("workers", [0, None])
 @pytest.mark.parametrize("kind", list(WRITERS))
-def test_archive_source_gives_the_same_output_as_the_extracted_folder(kind, workers, labelled_dir, tmp_path, dask_client):
+def test_archive_source_gives_the_same_output_as_the_extracted_folder(kind, workers, labelled_dir, tmp_path,
+                                                                      dask_client):
     archive = make_archive(kind, _files(labelled_dir), tmp_path)
     client = dask_client if workers is None else None
     folder = presize(str(labelled_dir), str(tmp_path / "folder.zarr"), sizes=[64], workers=0, progress=False)
@@ -110,7 +111,8 @@ def test_member_bytes_read_without_spans_match_the_file(labelled_dir, tmp_path):
     for kind in ("tar", "tar.gz", "zip-deflate"):
         archive = make_archive(kind, files, tmp_path, name=f"x-{kind}")
         protocol = "zip" if kind.startswith("zip") else "tar"
-        origins = [f"{protocol}://{name}::{archive}" for name, _ in reversed(files)] + [f"{protocol}://nope.jpg::{archive}"]
+        origins = ([f"{protocol}://{name}::{archive}" for name, _ in reversed(files)]
+                   + [f"{protocol}://nope.jpg::{archive}"])
         got = read_bytes(origins)
         assert got[:-1] == [data for _, data in reversed(files)]
         assert isinstance(got[-1], FileNotFoundError)
@@ -133,8 +135,8 @@ def test_bad_archive_sources_exit_2_naming_them(bad, message, tmp_path, cli_env)
     (tmp_path / "corrupt.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(SourceError, match=message):
         list_source(str(tmp_path / bad))
-    run = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(tmp_path / bad), str(tmp_path / "o.zarr")],
-                         capture_output=True, text=True, env=cli_env)
+    run = subprocess.run([sys.executable, "-m", "imgtools.cli", "presize", str(tmp_path / bad),
+                          str(tmp_path / "o.zarr")], capture_output=True, text=True, env=cli_env)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and message in run.stderr
 
 
@@ -357,7 +359,8 @@ def test_members_read_without_spans_are_listed_once_whatever_their_names(tmp_pat
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
         listings = []
-        monkeypatch.setattr(archives, "_listing", lambda fs, p, real=real: listings.append(p) or real(fs, p))
+        monkeypatch.setattr(archives, "_listing",
+                            lambda fs, p, real=real, listings=listings: listings.append(p) or real(fs, p))
         for _ in range(3):
             assert read_bytes([f"tar://{name}::{path}" for name, _ in files]) == [d for _, d in files]
         assert len(listings) == 1, (fmt, listings)

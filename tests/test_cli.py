@@ -62,7 +62,8 @@ def test_hostile_folder_completes_with_exit_0_one_row_per_file_in_seconds(hostil
     expected = {name.rstrip("!"): name.endswith("!") for name in hostile_files()}
     expected = {k: v for k, v in expected.items() if not k.endswith(".eps")}  # not an image extension: not listed
     m = pd.read_parquet(dest / "manifest.parquet")
-    assert sorted(m["relpath"]) == sorted(p.split("/", 0)[0] for p in expected) and list(m["index"]) == list(range(len(m)))
+    assert (sorted(m["relpath"]) == sorted(p.split("/", 0)[0] for p in expected)
+            and list(m["index"]) == list(range(len(m))))
     for rel, status, error in zip(m["relpath"], m["status"], m["error"]):
         assert status == ("failed" if expected[rel] else "ok"), (rel, error)
         assert (error is pd.NA) != expected[rel]
@@ -83,7 +84,8 @@ def test_strict_exits_1_when_any_image_failed(hostile_dir, tmp_path, cli_env):
 
 
 def test_cli_on_a_local_cluster_prints_dashboard_progress_and_summary(labelled_dir, tmp_path, cli_env):
-    proc = run(["presize", labelled_dir, tmp_path / "o", "--size", "16", "--workers", "2", "--chunk", "32"], env=cli_env)
+    proc = run(["presize", labelled_dir, tmp_path / "o", "--size", "16", "--workers", "2", "--chunk", "32"],
+               env=cli_env)
     assert proc.returncode == 0, proc.stderr
     assert "dashboard: http" in proc.stderr and "presize: 100%" in proc.stderr
     assert "80 images: 80 ok, 0 failed" in proc.stdout

@@ -24,7 +24,8 @@ def _decode(data: bytes, **kwargs):
 @pytest.mark.parametrize("mode,fmt", [("RGB", "PNG"), ("L", "PNG"), ("RGB", "BMP"), ("RGB", "TIFF"), ("L", "TIFF"),
                                       ("RGB", "WEBP"), ("LA", "PNG"), ("RGBA", "PNG"), ("RGBA", "TIFF"), ("P", "PNG"),
                                       ("P", "GIF"), ("1", "PNG"), ("CMYK", "TIFF"), ("I", "TIFF"), ("F", "TIFF"),
-                                      ("I;16", "PNG"), ("YCbCr", "JPEG"), ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG")])
+                                      ("I;16", "PNG"), ("YCbCr", "JPEG"), ("RGB", "JPEG"), ("L", "JPEG"),
+                                      ("CMYK", "JPEG")])
 def test_every_mode_decodes_to_upright_rgb_uint8(mode, fmt):
     img = Image.fromarray(RGB).convert(mode) if mode not in ("I", "F", "I;16") else None
     if mode == "I;16":
@@ -86,7 +87,8 @@ def test_exif_orientation_matches_pillow_exif_transpose(orientation):
     assert (d.width, d.height) == (60, 40)  # the upright size, whatever the stored one
 
 
-@pytest.mark.parametrize("need,expected_width", [((1000, 1000), 800), ((300, 200), 400), ((200, 100), 200), ((50, 10), 100)])
+@pytest.mark.parametrize("need,expected_width", [((1000, 1000), 800), ((300, 200), 400), ((200, 100), 200),
+                                                 ((50, 10), 100)])
 def test_jpeg_draft_decodes_at_the_smallest_scale_that_keeps_the_request(need, expected_width):
     data = encode(Image.fromarray(gradient(800, 600)), "JPEG")
     d = decode(data, CFG, lambda w, h: need)

@@ -75,7 +75,8 @@ def test_derive_cli_prints_speed_and_bad_dest_exits_2(labelled_dir, tmp_path, cl
     ok = subprocess.run(cmd + [str(dest), "--from", "32x32", "--size", "16", "--workers", "0"], capture_output=True,
                         text=True, env=cli_env)
     assert ok.returncode == 0 and "derived 16x16 from 32x32 for 80 images" in ok.stdout, ok.stderr
-    bad = subprocess.run(cmd + [str(tmp_path), "--from", "32x32", "--size", "16"], capture_output=True, text=True, env=cli_env)
+    bad = subprocess.run(cmd + [str(tmp_path), "--from", "32x32", "--size", "16"], capture_output=True, text=True,
+                         env=cli_env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a complete zarr or npy output" in bad.stderr
 
 

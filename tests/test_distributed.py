@@ -12,15 +12,15 @@ import time
 import urllib.request
 
 import pytest
+from test_sinks import slow_source, tree_bytes  # noqa: F401 - the fixture is shared
 
 import imgtools
 from imgtools.config import PresizeConfig
-from test_sinks import slow_source, tree_bytes  # noqa: F401 - the fixture is shared
 
 CFG = PresizeConfig.build(sizes=[32, "48x40"], mode="crop", chunk=8)
 
 
-def test_killing_a_worker_mid_run_gives_output_identical_to_a_local_run(slow_source, tmp_path, dask_processes):  # noqa: F811
+def test_killing_a_worker_mid_run_gives_output_identical_to_a_local_run(slow_source, tmp_path, dask_processes):  # noqa: F811 - the fixture imported above
     from distributed import Client
 
     address, dash, workers = dask_processes
@@ -104,7 +104,8 @@ def test_scheduler_and_workers_together_are_refused(labelled_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_local_clusters_keep_malloc_adaptive_and_other_workers_are_tuned_on_their_first_task(dask_processes, monkeypatch):
+def test_local_clusters_keep_malloc_adaptive_and_other_workers_are_tuned_on_their_first_task(dask_processes,
+                                                                                             monkeypatch):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which freezes glibc's mmap threshold (40-60% per image)."""
     from distributed import Client
 

@@ -13,8 +13,18 @@ from PIL import Image
 
 from conftest import encode, gradient, hostile_files, make_labelled, png_header_only
 from imgtools.config import PresizeConfig
-from imgtools.engine import (MANIFEST_COLUMNS, RESULT_COLUMNS, ImageResult, manifest_frame, pair_targets,
-                             previous_values, process_chunk, process_image, process_one, result_columns)
+from imgtools.engine import (
+    MANIFEST_COLUMNS,
+    RESULT_COLUMNS,
+    ImageResult,
+    manifest_frame,
+    pair_targets,
+    previous_values,
+    process_chunk,
+    process_image,
+    process_one,
+    result_columns,
+)
 from imgtools.sinks import make_sink
 from imgtools.sinks.files import output_relpath
 from imgtools.sources import list_source
@@ -254,10 +264,12 @@ def test_result_columns_take_moved_coordinates_but_not_the_listed_ones():
 
 def test_manifest_frame_orders_the_columns_types_them_and_drops_chunk_and_spans():
     rows = pd.DataFrame({"points_16x16": ["[[2, 4]]"], "mode": ["RGB"], "width": [9], "height": [8], "error": [None],
-                         "status": ["ok"], "label_id": [0], "label": ["x"], "relpath": ["a.jpg"], "origin": ["file:///a.jpg"],
-                         "index": [5], "chunk": [1], "offset": [512], "size": [100], "mask": ["m.png"]})
+                         "status": ["ok"], "label_id": [0], "label": ["x"], "relpath": ["a.jpg"],
+                         "origin": ["file:///a.jpg"], "index": [5], "chunk": [1], "offset": [512], "size": [100],
+                         "mask": ["m.png"]})
     out = manifest_frame(rows)
     assert list(out.columns) == MANIFEST_COLUMNS + ["points_16x16", "mask"]
     assert str(out["points_16x16"].dtype) == str(out["mask"].dtype) == "string"
-    assert (str(out["index"].dtype), str(out["label_id"].dtype), str(out["height"].dtype)) == ("int64", "int32", "int32")
+    assert ((str(out["index"].dtype), str(out["label_id"].dtype), str(out["height"].dtype))
+            == ("int64", "int32", "int32"))
     assert out["index"].tolist() == [5] and pd.isna(out["error"][0])

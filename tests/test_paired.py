@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_sinks import read_back
 
 import imgtools
 from conftest import encode
 from imgtools.config import PresizeConfig
-from test_sinks import read_back
 
 N = 24
 

@@ -60,7 +60,8 @@ def test_a_store_that_is_not_complete_is_refused(stores, tmp_path):
 @pytest.mark.parametrize("n", [80, 77, 5])
 def test_epoch_plan_gives_ranks_equal_shares_that_cover_every_row(n, world):
     rows = np.sort(np.random.default_rng(n).choice(200, n, replace=False))
-    shares = [EpochPlan(rows, chunk=16, batch_size=6, rank=r, world_size=world, seed=4).batches(3) for r in range(world)]
+    shares = [EpochPlan(rows, chunk=16, batch_size=6, rank=r, world_size=world, seed=4).batches(3)
+              for r in range(world)]
     assert len({len(s) for s in shares}) == 1  # the same number of batches on every rank
     assert len({sum(map(len, s)) for s in shares}) == 1
     seen = np.concatenate([np.concatenate(s) for s in shares])
@@ -68,7 +69,8 @@ def test_epoch_plan_gives_ranks_equal_shares_that_cover_every_row(n, world):
     assert len(seen) == world * -(-n // world)  # padded by repeats only up to the next multiple
     if n % world == 0:
         assert sorted(seen.tolist()) == rows.tolist()
-    dropped = [b for r in range(world) for b in EpochPlan(rows, 16, 6, rank=r, world_size=world, drop_last=True).batches(0)]
+    dropped = [b for r in range(world)
+               for b in EpochPlan(rows, 16, 6, rank=r, world_size=world, drop_last=True).batches(0)]
     kept = np.concatenate(dropped) if dropped else np.empty(0, np.int64)
     assert len(np.unique(kept)) == len(kept) and all(len(b) == 6 for b in dropped)  # no repeats, full batches
 
@@ -146,7 +148,8 @@ def test_an_unwritable_cache_warns_once_and_reads_go_to_the_store(remote_store, 
     assert [type(w.message) for w in caught] == [CacheWarning]
     np.testing.assert_array_equal(got, reference(stores["zarr"], "16x16"))
     tiny = imgtools.open(f"{url}/npy", storage_options=options, cache=DiskCache(tmp_path / "tiny", max_bytes=10_000))
-    np.testing.assert_array_equal(np.concatenate([x for _, x in tiny.chunks("16x16")]), reference(stores["npy"], "16x16"))
+    np.testing.assert_array_equal(np.concatenate([x for _, x in tiny.chunks("16x16")]),
+                                  reference(stores["npy"], "16x16"))
     assert sum(p.stat().st_size for p in (tmp_path / "tiny").rglob("*") if p.is_file()) <= 10_000
 
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import io
 import os
-import pathlib
 import signal
 import sys
 import time
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-import cloudpickle
 from distributed import WorkerPlugin
+from PIL import Image
 
 import imgtools
 from conftest import gradient

@@ -16,7 +16,8 @@ FAST = retry.RetryPolicy(attempts=4, base=0.0, cap=0.0)
 
 
 def _s3_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    return ClientError({"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "GetObject")
 
 
 @pytest.mark.parametrize("exc, transient", [

@@ -3,7 +3,6 @@ SIGKILL, never writes outside DEST, and refuses a second run while one holds DES
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -19,7 +18,7 @@ import zarr
 from PIL import Image
 
 import imgtools
-from conftest import encode, gradient, make_labelled, psnr
+from conftest import encode, gradient, psnr
 from imgtools.config import OutputFormat, PresizeConfig
 from imgtools.engine import process_image
 from imgtools.errors import DestinationError
@@ -40,7 +39,8 @@ def read_back(dest: pathlib.Path, fmt: str, key: str) -> list[np.ndarray | None]
         arr = np.concatenate([np.load(p, mmap_mode="r") for p in parts])
         assert np.load(dest / "ok.npy").tolist() == ok.tolist()
     else:
-        return [_load(dest / key / output_relpath(r, OutputFormat(fmt))) if k else None for r, k in zip(m["relpath"], ok)]
+        return [_load(dest / key / output_relpath(r, OutputFormat(fmt))) if k else None
+                for r, k in zip(m["relpath"], ok)]
     assert len(arr) == len(m)
     assert not arr[~ok].any()
     return [a if k else None for a, k in zip(arr, ok)]

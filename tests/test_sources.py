@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import encode, gradient, make_labelled
-from PIL import Image
 from imgtools.config import LabelSource
 from imgtools.errors import SourceError
 from imgtools.sources import list_source, read_bytes
@@ -26,9 +26,11 @@ def tree(tmp_path):
 
 def test_folder_listing_is_sorted_recursive_and_skips_hidden_and_non_images(tree):
     listing = list_source(str(tree))
-    assert list(listing.items["relpath"]) == ["a/10.png", "a/9.PNG", "a/deep/x.png", "a/no-extension", "b/2.png", "top.png"]
+    assert list(listing.items["relpath"]) == ["a/10.png", "a/9.PNG", "a/deep/x.png", "a/no-extension", "b/2.png",
+                                              "top.png"]
     assert list(listing.items["index"]) == list(range(6))
-    assert all(o.startswith("file://") and o.endswith(r) for o, r in zip(listing.items["origin"], listing.items["relpath"]))
+    assert all(o.startswith("file://") and o.endswith(r)
+               for o, r in zip(listing.items["origin"], listing.items["relpath"]))
 
 
 def test_labels_come_from_the_first_folder_level(tree):
@@ -85,7 +87,7 @@ def test_manifest_without_path_column_is_refused(tmp_path):
 
 def test_read_bytes_returns_errors_in_place(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"abc")
-    got = read_bytes([f"file://{tmp_path}/a.bin", f"file://{tmp_path}/missing.bin", "nosuch://x", str(tmp_path / "a.bin"),
-                      "memory://imgtools-test/m.bin"])
+    got = read_bytes([f"file://{tmp_path}/a.bin", f"file://{tmp_path}/missing.bin", "nosuch://x",
+                      str(tmp_path / "a.bin"), "memory://imgtools-test/m.bin"])
     assert got[0] == got[3] == b"abc" and isinstance(got[1], FileNotFoundError) and isinstance(got[2], Exception)
     assert isinstance(got[4], FileNotFoundError)  # another filesystem, asked on its own

@@ -75,7 +75,8 @@ def test_presize_with_a_bucket_on_either_side_equals_the_local_run_byte_for_byte
     _assert_same_run(fs_local, local_root, fs_dest, dest.split("://", 1)[-1])
     ds = imgtools.open(dest, storage_options=options)
     first = ds.manifest["origin"].iloc[0]
-    assert len(ds) == 80 and first.endswith("/class0/img000.jpg") and first.startswith(url if source.startswith(url) else "file://")
+    assert (len(ds) == 80 and first.endswith("/class0/img000.jpg")
+            and first.startswith(url if source.startswith(url) else "file://"))
 
 
 def test_runs_through_a_faulty_connection_complete_and_lose_nothing(gcs_server, labelled_dir, local_run, dask_client):
@@ -115,20 +116,21 @@ def test_archive_shards_in_a_bucket_are_read_in_place_through_a_faulty_connectio
     fs_local, local_root, config = local_run
     with Proxy(server.endpoint, error_rate=0.08, drop_rate=0.04, seed=3) as proxy:
         report = presize([f"{url}/shards/train-0.tar", f"{url}/shards/train-1.tar.gz", f"{url}/shards/train-2.zip"],
-                         str(tmp_path / "from-shards.zarr"), config=config, storage_options=server.options(proxy.endpoint),
-                         workers=0, progress=False)
+                         str(tmp_path / "from-shards.zarr"), config=config,
+                         storage_options=server.options(proxy.endpoint), workers=0, progress=False)
     assert report.ok == 80
     assert proxy.counts["503"] + proxy.counts["dropped"] > 2, proxy.counts
     _assert_same_run(fs_local, local_root, fs_local, str(tmp_path / "from-shards.zarr"))
 
 
-def test_an_interrupted_bucket_run_is_never_readable_as_complete_and_resumes(gcs_server, labelled_dir, local_run, cli_env):
+def test_an_interrupted_bucket_run_is_never_readable_as_complete_and_resumes(gcs_server, labelled_dir, local_run,
+                                                                            cli_env):
     url = gcs_server.make_bucket("interrupted")
     _upload(gcs_server, labelled_dir, f"{url}/images")
     fs_local, local_root, config = local_run
     with Proxy(gcs_server.endpoint, latency=(0.02, 0.04)) as slow:  # slow enough to be caught mid-run
-        args = IMGTOOLS + ["presize", f"{url}/images", f"{url}/out.zarr", "--size", "48", "--size", "64", "--chunk", "16",
-                           "--workers", "0", "--quiet"]
+        args = IMGTOOLS + ["presize", f"{url}/images", f"{url}/out.zarr", "--size", "48", "--size", "64",
+                           "--chunk", "16", "--workers", "0", "--quiet"]
         for key, value in {"endpoint_url": slow.endpoint, "token": "anon", "project": "test"}.items():
             args += ["--storage-option", f"{key}={value}"]
         proc = subprocess.Popen(args, env=cli_env, start_new_session=True)
@@ -150,7 +152,8 @@ def test_an_interrupted_bucket_run_is_never_readable_as_complete_and_resumes(gcs
     _assert_same_run(fs_local, local_root, gcs_server.filesystem(), "interrupted/out.zarr")
 
 
-def test_sync_copies_between_any_two_places_and_skips_what_is_there(gcs_server, s3_server, labelled_dir, tmp_path, cli_env):
+def test_sync_copies_between_any_two_places_and_skips_what_is_there(gcs_server, s3_server, labelled_dir, tmp_path,
+                                                                   cli_env):
     gs = gcs_server.make_bucket("sync-src") + "/data"
     s3 = s3_server.make_bucket("sync-dst") + "/data"
     first = sync(str(labelled_dir), gs, gcs_server.options(), progress=False)
@@ -168,7 +171,8 @@ def test_sync_copies_between_any_two_places_and_skips_what_is_there(gcs_server, 
     data[-20] ^= 0xFF
     changed.write_bytes(bytes(data))
     args = IMGTOOLS + ["sync", str(labelled_dir), gs, "--quiet"] + [
-        f"--storage-option={k}={v}" for k, v in {"endpoint_url": gcs_server.endpoint, "token": "anon", "project": "test"}.items()]
+        f"--storage-option={k}={v}"
+        for k, v in {"endpoint_url": gcs_server.endpoint, "token": "anon", "project": "test"}.items()]
     run = subprocess.run(args, capture_output=True, text=True, env=cli_env)
     assert run.returncode == 0, run.stderr
     assert "1 copied, 79 already there, 0 failed" in run.stdout
@@ -207,8 +211,9 @@ def test_sync_records_a_file_it_cannot_write_as_a_failure_and_copies_the_rest(la
 def test_sync_compares_files_by_md5_read_in_blocks(labelled_dir, tmp_path):
     import hashlib
 
-    from imgtools.sync import _md5
     import fsspec
+
+    from imgtools.sync import _md5
 
     path = labelled_dir / "class2" / "img001.png"
     assert _md5(fsspec.filesystem("file"), str(path)) == hashlib.md5(path.read_bytes()).hexdigest()

@@ -99,9 +99,12 @@ def _rank_main(rank: int, world: int, dest: str, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_distributed_ranks_see_disjoint_equal_shares_that_are_every_ok_image_once(stores, tmp_path):
+def test_two_distributed_ranks_see_disjoint_equal_shares_that_are_every_ok_image_once(stores, tmp_path, monkeypatch):
     from imgtools.testing import free_port
 
+    # the spawned ranks import this module afresh with this sys.path: its `conftest` must be tests/conftest.py, not
+    # the repository's (collecting imgtools/ doctests puts the repository root first)
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.abspath(__file__)))
     mp.spawn(_rank_main, args=(2, stores["zarr"], free_port(), str(tmp_path)), nprocs=2, join=True)
     a, b = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
     ds = imgtools.open(stores["zarr"])

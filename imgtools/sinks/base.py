@@ -166,10 +166,10 @@ class Sink(abc.ABC):
         raise UnsupportedError(f"{self.config.format.value} outputs hold no arrays")
 
     # ---- per form ----------------------------------------------------------------------------------
-    def _check_items(self, items: pd.DataFrame) -> None:
+    def _check_items(self, items: pd.DataFrame) -> None:  # noqa: B027 - optional hook: forms that hold anything keep it
         """Refuse inputs this form cannot hold apart, before DEST is touched (arrays hold anything)."""
 
-    def _create(self, items: pd.DataFrame) -> None:
+    def _create(self, items: pd.DataFrame) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Get the output ready for the listed ``items`` (idempotent: a resumed run calls it again); by
         default nothing, as folders appear with their files."""
 
@@ -177,5 +177,5 @@ class Sink(abc.ABC):
     def _write(self, chunk: Chunk) -> None:
         """Write the data of one chunk (idempotent: writing it twice gives the same bytes)."""
 
-    def _finalize(self, manifest: pd.DataFrame) -> None:
+    def _finalize(self, manifest: pd.DataFrame) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Write what this form keeps beside the manifest, once every chunk is written."""

@@ -4,8 +4,8 @@ masks as PNG in ``<size>-masks/<relative path>.png``.
 The presizing cache of the fastai and S3-caching recipes: any size, including the variable ones
 (``shortest``, ``longest``). An input keeps its name when its extension already names the output format
 (``a.JPG`` -> ``a.JPG``), else gains the format's (``a.png`` -> ``a.png.jpg``). An output that would be the
-source file's own pixels in the same format is a copy of the file, not a re-encoding. Markers are trusted by relative path, so adding images to SOURCE
-and running again only does the new ones.
+source file's own pixels in the same format is a copy of the file, not a re-encoding. Markers are trusted
+by relative path, so adding images to SOURCE and running again only does the new ones.
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ class RunLedger:
         fs = self.location.fs
         ours = fs.exists(self.path(".imgtools"))
         if not ours and self._nonempty():
-            raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; choose another DEST")
+            raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; "
+                                   "choose another DEST")
         if ours:
             self._check_lock()
         if ours and overwrite:
@@ -141,7 +142,8 @@ class RunLedger:
         except FileNotFoundError:
             return None
         except ValueError:
-            raise DestinationError(f"DEST {self.url!r} has a damaged job record; use --overwrite to start again") from None
+            raise DestinationError(f"DEST {self.url!r} has a damaged job record; "
+                                   "use --overwrite to start again") from None
 
     # ---- done markers and the manifest --------------------------------------------------------------
     def mark_done(self, index: int, rows: pd.DataFrame) -> None:

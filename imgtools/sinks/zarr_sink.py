@@ -129,5 +129,6 @@ class ZarrSink(Sink):
         self.group("r+").attrs.update(attrs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Object at .* is not recognized", zarr.errors.ZarrUserWarning)
-            warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", zarr.errors.ZarrUserWarning)
+            warnings.filterwarnings("ignore", "Consolidated metadata is currently not part",
+                                    zarr.errors.ZarrUserWarning)
             zarr.consolidate_metadata(self._store())

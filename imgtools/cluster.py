@@ -70,12 +70,13 @@ def scheduler_address(scheduler: str | None = None) -> str | None:
     return scheduler or os.environ.get(SCHEDULER_ENV) or None
 
 
-def _connect(address: str) -> Client:
-    """A client of the scheduler at ``address``; ConfigError naming it when it cannot be reached."""
+def _connect(address: str, default: bool = True) -> Client:
+    """A client of the scheduler at ``address`` (the process's default client unless ``default`` is False);
+    ConfigError naming it when it cannot be reached."""
     from distributed import Client
 
     try:
-        return Client(address, timeout="20s")
+        return Client(address, timeout="20s", set_as_default=default)
     except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
         raise ConfigError(f"scheduler {address!r} cannot be reached: {exc}") from None
 
@@ -243,7 +244,8 @@ def where_to_run(client: Any = None, scheduler: str | None = None, workers: int 
     current = current_client() if workers is None else None
     named = scheduler or (scheduler_address() if workers is None and current is None else None)
     if named:
-        return Placement(existing=_connect(named), owned=True)  # reached before DEST is touched
+        # reached before DEST is touched; used by name only, so the caller's default client stays the default
+        return Placement(existing=_connect(named, default=False), owned=True)
     if workers == 0:
         return Placement(workers=0)
     if current is not None:

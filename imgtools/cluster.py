@@ -74,8 +74,11 @@ def _connect(address: str, default: bool = True) -> Client:
     """A client of the scheduler at ``address`` (the process's default client unless ``default`` is False);
     ConfigError naming it when it cannot be reached."""
     from distributed import Client
+    from distributed.comm import get_address_host_port
+    from distributed.comm.addressing import normalize_address
 
-    try:
+    try:  # a malformed address is refused before a Client exists: one that fails inside its start-up leaves
+        get_address_host_port(normalize_address(address))  # a half-made client whose __del__ blocks 40 s at exit
         return Client(address, timeout="20s", set_as_default=default)
     except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
         raise ConfigError(f"scheduler {address!r} cannot be reached: {exc}") from None

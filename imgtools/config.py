@@ -24,6 +24,7 @@ __all__ = [
     "Compression",
     "Size",
     "PresizeConfig",
+    "DecodeLimits",
     "parse_size",
     "parse_color",
     "auto_chunk",
@@ -223,6 +224,23 @@ def auto_chunk(sizes: Iterable[Size], target_bytes: int = 16 << 20) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """What the decode stage needs: the Pillow ``formats`` it may open, the ``max_pixels`` guard, and the
+    ``background`` transparency is composited over. Every :class:`PresizeConfig` has one
+    (:attr:`PresizeConfig.limits`); readers that decode without presizing make their own.
+
+    Examples
+    --------
+    >>> DecodeLimits().max_pixels == DEFAULT_MAX_PIXELS
+    True
+    """
+
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    background: tuple[int, int, int] = (255, 255, 255)
+
+
+@dataclasses.dataclass(frozen=True)
 class PresizeConfig:
     """Everything that decides the output of a presize run; equal configs give identical outputs.
 
@@ -328,6 +346,11 @@ class PresizeConfig:
             masks=bool(masks),
             draft_factor=_parse_number("draft_factor", draft_factor),
         )
+
+    @property
+    def limits(self) -> DecodeLimits:
+        """The part of the config the decode stage reads."""
+        return DecodeLimits(formats=self.formats, max_pixels=self.max_pixels, background=self.background)
 
     @property
     def size_keys(self) -> list[str]:

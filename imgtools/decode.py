@@ -3,7 +3,7 @@
 Pillow does the decoding. JPEGs are decoded in the DCT domain at the smallest scale that still leaves
 the requested size (see :func:`imgtools.resize.draft_request`), every Pillow mode is brought to RGB with
 the :mod:`imgtools.kernels`, and a pixel-count guard refuses decompression bombs before any pixel is
-decoded. Only formats in ``config.formats`` are opened, so untrusted bytes never reach rarely used
+decoded. Only formats in ``limits.formats`` are opened, so untrusted bytes never reach rarely used
 decoders or make Pillow start an outside program. Every failure is a :class:`~imgtools.errors.DecodeError`
 whose message is the reason recorded in the manifest.
 """
@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - a dependency; Pillow alone still decod
     _simplejpeg = None
 
 from . import kernels
-from .config import PresizeConfig
+from .config import DecodeLimits
 from .errors import DecodeError
 
 __all__ = ["Decoded", "decode", "decode_mask", "decode_native", "ORIENTATION_SWAPS"]
@@ -142,7 +142,7 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 
 def decode(
     data: bytes,
-    config: PresizeConfig,
+    limits: DecodeLimits,
     request: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Decoded:
     """Decode image bytes into an upright RGB array.
@@ -151,8 +151,9 @@ def decode(
     ----------
     data : bytes
         The encoded file.
-    config : PresizeConfig
-        Supplies ``formats`` (allowed Pillow formats), ``max_pixels`` and ``background`` (for alpha).
+    limits : DecodeLimits
+        The allowed Pillow ``formats``, the ``max_pixels`` guard and the ``background`` for alpha
+        (a config's :attr:`~imgtools.config.PresizeConfig.limits`).
     request : callable, optional
         ``request(width, height) -> (min_width, min_height)``: given the upright size, the smallest
         upright size the caller still needs. JPEGs are then decoded at the smallest DCT scale (1/2, 1/4,
@@ -171,12 +172,12 @@ def decode(
     --------
     >>> from PIL import Image; import io
     >>> buf = io.BytesIO(); Image.new("L", (4, 3), 9).save(buf, "PNG")
-    >>> d = decode(buf.getvalue(), PresizeConfig())
+    >>> d = decode(buf.getvalue(), DecodeLimits())
     >>> d.pixels.shape, d.mode
     ((3, 4, 3), 'L')
     """
     with _reasons():
-        return _decode(data, config, request)
+        return _decode(data, limits, request)
 
 
 @contextlib.contextmanager
@@ -195,17 +196,17 @@ def _reasons(prefix: str = "") -> Iterator[None]:
             raise DecodeError(prefix + (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)) from None
 
 
-def _open_guarded(data: bytes, config: PresizeConfig, what: str = "") -> tuple[Image.Image, int]:
+def _open_guarded(data: bytes, limits: DecodeLimits, what: str = "") -> tuple[Image.Image, int]:
     """Open at full size under the pixel guard: (image, EXIF orientation)."""
-    img = _open(data, config.formats)
+    img = _open(data, limits.formats)
     w, h = img.size
-    if w * h > config.max_pixels:
-        raise DecodeError(f"{what}{w}x{h} = {w * h} pixels is above max_pixels {config.max_pixels}")
+    if w * h > limits.max_pixels:
+        raise DecodeError(f"{what}{w}x{h} = {w * h} pixels is above max_pixels {limits.max_pixels}")
     return img, _orientation(img)
 
 
-def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
-    img = _open(data, config.formats)
+def _decode(data: bytes, limits: DecodeLimits, request) -> Decoded:
+    img = _open(data, limits.formats)
     fmt = img.format or "unknown"
     orientation = _orientation(img)
     mode = img.mode
@@ -217,14 +218,14 @@ def _decode(data: bytes, config: PresizeConfig, request) -> Decoded:
             need_w, need_h = need_h, need_w
         img.draft(None, (max(1, need_w), max(1, need_h)))
     dw, dh = img.size
-    if dw * dh > config.max_pixels:
-        raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {config.max_pixels}")
+    if dw * dh > limits.max_pixels:
+        raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {limits.max_pixels}")
     meta = dict(width=width, height=height, mode=mode, format=fmt, orientation=orientation)
     fast = _turbo(data, img, (stored_w, stored_h), (dw, dh)) if fmt == "JPEG" and mode in ("RGB", "L") else None
     if fast is not None:
         return Decoded(pixels=_upright(fast, orientation), **meta)
     img.load()
-    pixels = _upright(np.asarray(_to_rgb(img, config.background)), orientation)
+    pixels = _upright(np.asarray(_to_rgb(img, limits.background)), orientation)
     return Decoded(pixels=pixels, transparent="transparency" in img.info, **meta)
 
 
@@ -243,7 +244,7 @@ def _turbo(data: bytes, img: Image.Image, stored: tuple[int, int], drafted: tupl
     return out if (out.shape[1], out.shape[0]) == drafted else None
 
 
-def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
+def decode_mask(data: bytes, limits: DecodeLimits) -> np.ndarray:
     """Decode a label mask: one channel of class indices (modes 1, L, P as indices, I and I;16 up to 255),
     upright, as a 2-d uint8 array.
 
@@ -251,11 +252,11 @@ def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
     --------
     >>> from PIL import Image; import io
     >>> buf = io.BytesIO(); Image.new("L", (4, 3), 2).save(buf, "PNG")
-    >>> decode_mask(buf.getvalue(), PresizeConfig()).shape
+    >>> decode_mask(buf.getvalue(), DecodeLimits()).shape
     (3, 4)
     """
     with _reasons("mask: "):
-        img, orientation = _open_guarded(data, config, "mask ")
+        img, orientation = _open_guarded(data, limits, "mask ")
         if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
             raise DecodeError(f"mask has mode {img.mode!r}; a mask has one channel of class indices")
         arr = _upright(np.asarray(img.convert("L") if img.mode == "1" else img), orientation)
@@ -270,7 +271,7 @@ def decode_mask(data: bytes, config: PresizeConfig) -> np.ndarray:
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 
 
-def decode_native(data: bytes, config: PresizeConfig) -> np.ndarray:
+def decode_native(data: bytes, limits: DecodeLimits) -> np.ndarray:
     """Decode to the channels the file has, Spark-style: (H, W, 1) for grey, (H, W, 4) RGBA when there is
     transparency, else (H, W, 3) RGB; uint8, upright, full size.
 
@@ -278,19 +279,19 @@ def decode_native(data: bytes, config: PresizeConfig) -> np.ndarray:
     --------
     >>> from PIL import Image; import io
     >>> buf = io.BytesIO(); Image.new("LA", (4, 3)).save(buf, "PNG")
-    >>> decode_native(buf.getvalue(), PresizeConfig()).shape
+    >>> decode_native(buf.getvalue(), DecodeLimits()).shape
     (3, 4, 1)
     """
     with _reasons():
-        img, orientation = _open_guarded(data, config)
+        img, orientation = _open_guarded(data, limits)
         img.load()
         if img.mode in _GRAY_MODES:
             gray = img.convert("L") if img.mode in ("1", "LA", "La") else img
-            out = gray if gray.mode == "L" else _to_rgb(gray, config.background).getchannel(0)
+            out = gray if gray.mode == "L" else _to_rgb(gray, limits.background).getchannel(0)
         elif img.mode in ("RGBA", "RGBa", "PA") or "transparency" in img.info or (
                 img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA"):
             out = img.convert("RGBA")
         else:
-            out = _to_rgb(img, config.background)
+            out = _to_rgb(img, limits.background)
         arr = _upright(np.asarray(out), orientation)
         return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)

@@ -76,7 +76,7 @@ def process_image(data: bytes | BaseException, config: PresizeConfig) -> ImageRe
     if isinstance(data, BaseException):
         return ImageResult(None, f"read failed: {type(data).__name__}: {data}")
     try:
-        decoded = decode(data, config, partial(draft_request, config=config))
+        decoded = decode(data, config.limits, partial(draft_request, config=config))
     except DecodeError as exc:
         return ImageResult(None, str(exc))
     meta: dict[str, Any] = {"height": decoded.height, "width": decoded.width, "mode": decoded.mode}
@@ -107,7 +107,7 @@ def pair_targets(result: ImageResult, mask: bytes | BaseException | None, coords
                 raise DecodeError("no mask for this image")
             if isinstance(mask, BaseException):
                 raise DecodeError(f"mask read failed: {type(mask).__name__}: {mask}")
-            m = decode_mask(mask, config)
+            m = decode_mask(mask, config.limits)
             if m.shape != (result.height, result.width):
                 raise DecodeError(f"mask is {m.shape[1]}x{m.shape[0]} but the image is {result.width}x{result.height}")
             masks = {s.key(config.mode): resize_mask(m, s, config, original) for s in config.sizes}

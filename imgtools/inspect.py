@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from .cluster import where_to_run
-from .config import LabelSource, PresizeConfig
+from .config import DecodeLimits, LabelSource, PresizeConfig
 from .decode import decode
 from .errors import DecodeError
 from .pictures import save_png
@@ -22,7 +22,7 @@ from .sources import list_source, read_bytes
 __all__ = ["inspect", "InspectReport", "inspect_files"]
 
 
-def inspect_files(items: pd.DataFrame, config: PresizeConfig, storage_options: dict[str, Any] | None) -> pd.DataFrame:
+def inspect_files(items: pd.DataFrame, limits: DecodeLimits, storage_options: dict[str, Any] | None) -> pd.DataFrame:
     """One row per file: ``origin``, ``relpath``, ``bytes``, ``sha256``, ``format``, ``mode``, ``width``,
     ``height``, ``error``. Every file is decoded (JPEGs at 1/8 scale, which still reads every coefficient)."""
     rows = []
@@ -35,7 +35,7 @@ def inspect_files(items: pd.DataFrame, config: PresizeConfig, storage_options: d
         else:
             row.update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
             try:
-                d = decode(raw, config, lambda w, h: (1, 1))
+                d = decode(raw, limits, lambda w, h: (1, 1))
                 row.update(format=d.format, mode=d.mode, width=d.width, height=d.height)
             except DecodeError as exc:
                 row["error"] = str(exc)
@@ -138,10 +138,10 @@ def inspect(source: str, *, config: PresizeConfig | None = None, client: Any = N
         parts = [items.iloc[s : s + partition] for s in range(0, len(items), partition)]
         with where.client(len(parts)) as dask_client:
             if dask_client is None:
-                frames = [inspect_files(p, config, storage_options) for p in parts]
+                frames = [inspect_files(p, config.limits, storage_options) for p in parts]
             else:
                 import dask.bag as db
 
-                bag = db.from_sequence(parts, npartitions=len(parts)).map(inspect_files, config, storage_options)
+                bag = db.from_sequence(parts, npartitions=len(parts)).map(inspect_files, config.limits, storage_options)
                 frames = dask_client.compute(bag, sync=True)
     return InspectReport(source=str(source), files=pd.concat(frames, ignore_index=True))

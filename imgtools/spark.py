@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .config import PresizeConfig
+from .config import DecodeLimits
 from .errors import ConfigError
 
 __all__ = ["read_images", "to_array", "from_array", "IMAGE_SCHEMA", "OCV_TYPES"]
@@ -61,7 +61,7 @@ def _partition_columns(relpath: str) -> dict[str, str]:
     return {k: v for k, v in pairs if k not in IMAGE_SCHEMA}
 
 
-def _image_rows(items: pd.DataFrame, config: PresizeConfig, channel_order: str, drop_invalid: bool,
+def _image_rows(items: pd.DataFrame, limits: DecodeLimits, channel_order: str, drop_invalid: bool,
                 keys: list[str], storage_options: dict[str, Any] | None) -> pd.DataFrame:
     from .decode import decode_native
     from .errors import DecodeError
@@ -73,7 +73,7 @@ def _image_rows(items: pd.DataFrame, config: PresizeConfig, channel_order: str, 
         try:
             if isinstance(raw, BaseException):
                 raise DecodeError(str(raw))
-            arr = decode_native(raw, config)
+            arr = decode_native(raw, limits)
         except DecodeError:
             if drop_invalid:
                 continue
@@ -133,9 +133,9 @@ def read_images(source: str, recursive: bool = True, drop_invalid: bool = True, 
     if sample_ratio < 1.0:
         items = items[np.random.default_rng(seed).random(len(items)) < sample_ratio]
     keys = sorted({k for rel in items["relpath"] for k in _partition_columns(rel)})
-    config = PresizeConfig()
+    limits = DecodeLimits()
     n = max(1, min(len(items), npartitions or -(-len(items) // 256)))
     bounds = np.linspace(0, len(items), n + 1).astype(int)
-    parts = [dask.delayed(_image_rows)(items.iloc[a:b], config, channel_order, drop_invalid, keys, storage_options)
+    parts = [dask.delayed(_image_rows)(items.iloc[a:b], limits, channel_order, drop_invalid, keys, storage_options)
              for a, b in zip(bounds[:-1], bounds[1:])]
     return dd.from_delayed(parts, meta=_image_frame([], keys), verify_meta=False)

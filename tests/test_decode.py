@@ -13,12 +13,12 @@ from imgtools.config import PresizeConfig
 from imgtools.decode import decode
 from imgtools.errors import DecodeError
 
-CFG = PresizeConfig()
+CFG = PresizeConfig().limits
 RGB = gradient(64, 48)
 
 
 def _decode(data: bytes, **kwargs):
-    return decode(data, PresizeConfig.build(**kwargs) if kwargs else CFG)
+    return decode(data, PresizeConfig.build(**kwargs).limits if kwargs else CFG)
 
 
 @pytest.mark.parametrize("mode,fmt", [("RGB", "PNG"), ("L", "PNG"), ("RGB", "BMP"), ("RGB", "TIFF"), ("L", "TIFF"),
@@ -118,7 +118,7 @@ def test_pixel_guard_refuses_before_decoding():
 
 def test_pixel_guard_counts_pixels_after_draft_reduction():
     data = encode(Image.fromarray(gradient(800, 800)), "JPEG")
-    cfg = PresizeConfig.build(max_pixels=200 * 200)
+    cfg = PresizeConfig.build(max_pixels=200 * 200).limits
     assert decode(data, cfg, lambda w, h: (150, 150)).pixels.shape[:2] == (200, 200)
     with pytest.raises(DecodeError, match="max_pixels"):
         decode(data, cfg)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bz2
 import contextlib
-import json
 import struct
 import tarfile
 import threading
@@ -29,10 +28,9 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
-from fsspec.core import url_to_fs
-
 from . import retry
 from .errors import SourceError
+from .location import Resolver
 
 __all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream", "stream_of",
            "TarCursor"]
@@ -166,18 +164,18 @@ _indexes: OrderedDict[tuple[str, str], dict[str, tuple[int, int, int | None]] | 
 _indexes_lock = threading.Lock()
 
 
-def _index(archive: str, options: dict, fresh: bool = False) -> dict[str, tuple[int, int, int | None]] | Exception:
+def _index(archive: str, resolve: Resolver, fresh: bool = False) -> dict[str, tuple[int, int, int | None]] | Exception:
     """member -> span of an archive (its first copy, as in the listing), listed once per process and
     again when ``fresh``; or the error that listing it raised. No request per read: a shard rewritten in
     place is noticed by the headers the reads check (see :func:`read_members`)."""
-    key = (archive, json.dumps(options, sort_keys=True, default=repr))
+    key = (archive, resolve.key)
     with _indexes_lock:
         if not fresh and key in _indexes:
             _indexes.move_to_end(key)
             return _indexes[key]
     index: dict[str, tuple[int, int, int | None]] | Exception = {}
     try:
-        fs, path = url_to_fs(archive, **options)
+        fs, path = resolve(archive)
         for name, offset, size, chksum in _listing(fs, path):
             index.setdefault(name, (offset, size, chksum))  # type: ignore[union-attr]
     except Exception as exc:
@@ -243,7 +241,7 @@ class TarCursor:
     Examples
     --------
     >>> with TarCursor() as cursor:       # doctest: +SKIP
-    ...     cursor.read("shard-0.tar.gz", ["a/1.jpg", "a/2.jpg"], {})
+    ...     cursor.read("shard-0.tar.gz", ["a/1.jpg", "a/2.jpg"], Resolver())
     {'a/1.jpg': b'...', 'a/2.jpg': b'...'}
     """
 
@@ -257,7 +255,7 @@ class TarCursor:
         """The archive whose stream is open, or None."""
         return self._archive
 
-    def read(self, archive: str, names: Sequence[str], options: dict) -> dict[str, bytes | Exception]:
+    def read(self, archive: str, names: Sequence[str], resolve: Resolver) -> dict[str, bytes | Exception]:
         """Members of a compressed tar in one forward pass, by name; a name not in the archive maps to a
         :class:`FileNotFoundError`. Members that the open stream has gone past are found on a fresh pass
         from the start. On any error the stream is closed, so that the next read starts afresh; the
@@ -267,7 +265,7 @@ class TarCursor:
         try:
             for fresh in (False, True):
                 if fresh or self._tar is None or self._archive != archive:
-                    self._open(archive, options)
+                    self._open(archive, resolve)
                 assert self._tar is not None
                 for member in _tar_members(self._tar):
                     if member.name in wanted and member.name not in got:
@@ -281,9 +279,9 @@ class TarCursor:
             raise
         return {**got, **{name: FileNotFoundError(f"{name!r} is not in {archive}") for name in wanted}}
 
-    def _open(self, archive: str, options: dict) -> None:
+    def _open(self, archive: str, resolve: Resolver) -> None:
         self.close()
-        fs, path = url_to_fs(archive, **options)
+        fs, path = resolve(archive)
         f = fs.open(path, "rb")
         try:
             self._tar = tarfile.open(fileobj=f, mode="r|*")
@@ -319,7 +317,7 @@ class _Ranged(NamedTuple):
 
 
 def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None] | None,
-                 options: dict, cursor: TarCursor | None = None) -> list[bytes | Exception]:
+                 resolve: Resolver, cursor: TarCursor | None = None) -> list[bytes | Exception]:
     """The bytes of archive members (origins as :func:`split_member` reads them), each or its error.
 
     Members with a span (from the listing) are ranged reads, concurrent through fsspec's
@@ -333,12 +331,12 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
     Examples
     --------
     >>> with TarCursor() as cursor:                                             # doctest: +SKIP
-    ...     read_members(["tar://a/1.jpg::shard-0.tar.gz"], None, {}, cursor)
+    ...     read_members(["tar://a/1.jpg::shard-0.tar.gz"], None, Resolver(), cursor)
     [b'...']
     """
     if cursor is None:
         with TarCursor() as own:
-            return read_members(origins, spans, options, own)
+            return read_members(origins, spans, resolve, own)
     out: list[bytes | Exception] = [FileNotFoundError("not read")] * len(origins)
     ranged: dict[str, list[_Ranged]] = {}
     streamed: dict[str, list[tuple[int, str]]] = {}
@@ -352,10 +350,10 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
         else:
             ranged.setdefault(archive, []).append(_Ranged(i, proto, member, -1, -1, True))
     for archive, rows in ranged.items():
-        _read_ranged(archive, rows, options, out)
+        _read_ranged(archive, rows, resolve, out)
     for archive, names in streamed.items():
         try:
-            found = cursor.read(archive, [name for _, name in names], options)
+            found = cursor.read(archive, [name for _, name in names], resolve)
         except Exception as exc:  # the archive itself failed: every member of it, with that reason
             found = {name: exc for _, name in names}
         for i, name in names:
@@ -363,12 +361,12 @@ def read_members(origins: Sequence[str], spans: Sequence[tuple[int, int] | None]
     return out
 
 
-def _read_ranged(archive: str, rows: list[_Ranged], options: dict, out: list[bytes | Exception],
+def _read_ranged(archive: str, rows: list[_Ranged], resolve: Resolver, out: list[bytes | Exception],
                  fresh: bool = False) -> None:
     """Ranged reads of one archive's members into ``out``. Rows without a span (``-1``) take it from the
     cached index and are checked against their headers; those that meet a header naming another
     member are read once more at the spans of a fresh listing (``fresh``), which are trusted."""
-    index = _index(archive, options, fresh) if any(row.check for row in rows) else {}
+    index = _index(archive, resolve, fresh) if any(row.check for row in rows) else {}
     todo: list[_Ranged] = []
     sums: dict[int, int | None] = {}
     for row in rows:
@@ -384,7 +382,7 @@ def _read_ranged(archive: str, rows: list[_Ranged], options: dict, out: list[byt
     if not todo:
         return
     try:
-        fs, path = url_to_fs(archive, **options)
+        fs, path = resolve(archive)
         starts = [row.offset - (512 if row.check and row.protocol == "tar" else 0) for row in todo]
         ends = [row.offset + row.size + (_ZIP_LOCAL.size + _ZIP_SLACK if row.protocol == "zip" else 0) for row in todo]
         got = fs.cat_ranges([path] * len(todo), starts, ends, on_error="return")
@@ -410,7 +408,7 @@ def _read_ranged(archive: str, rows: list[_Ranged], options: dict, out: list[byt
             except _Stale:
                 stale.append(again)
     if stale:
-        _read_ranged(archive, stale, options, out, fresh=True)
+        _read_ranged(archive, stale, resolve, out, fresh=True)
 
 
 def _unzip(fs, path: str, raw: bytes, offset: int, size: int, member: str | None = None) -> bytes | Exception:

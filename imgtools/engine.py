@@ -188,15 +188,15 @@ def _is_moved(column: str) -> bool:
 
 
 def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink: Sink,
-                  storage_options: dict[str, Any] | None = None, reuse: pd.DataFrame | None = None, *,
-                  session: ReadSession | None = None) -> pd.DataFrame:
+                  reuse: pd.DataFrame | None = None, *, session: ReadSession | None = None) -> pd.DataFrame:
     """Read, decode, resize and write one chunk of inputs (listing rows); returns its manifest rows.
 
     The bytes of the whole chunk (and of its masks) are fetched in one batched call, so remote sources
     are read concurrently. Images whose ``relpath`` is in ``reuse`` (earlier manifest rows) keep their
     earlier result and are neither read nor written again. The sink writes the chunk, then its marker.
-    With ``session`` (from :func:`~imgtools.sources.reading`, with its own storage options) the chunk is
-    read in it, so that the chunks of one task go on through a compressed tar's stream.
+    The chunk is read in ``session`` (from :func:`~imgtools.sources.reading`, which holds the storage
+    options), so that the chunks of one task go on through a compressed tar's stream; without one, in a
+    session of its own with no storage options.
     """
     items = items.reset_index(drop=True)
     n, keys = len(items), config.size_keys
@@ -207,7 +207,7 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     spans = spans_of(items.iloc[todo])
     origins = list(items["origin"].iloc[todo]) + list(mask_of.values())
     spans = None if spans is None else spans + [None] * len(mask_of)
-    read = session.read if session is not None else partial(read_bytes, storage_options=storage_options)
+    read = session.read if session is not None else read_bytes
     got = read(origins, spans=spans) if todo else []
     fetched, mask_bytes = dict(zip(todo, got[: len(todo)])), dict(zip(mask_of, got[len(todo) :]))
     payloads: dict[str, list[Any]] = {k: [None] * n for k in keys}

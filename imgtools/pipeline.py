@@ -155,8 +155,8 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
             else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
                 with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
                     for job in todo:
-                        parts[job.index] = process_chunk(job.items, job.index, config, sink, storage_options,
-                                                         job.reuse, session=session)
+                        parts[job.index] = process_chunk(job.items, job.index, config, sink, job.reuse,
+                                                         session=session)
                         bar.update(len(job.items))
         bar.close()
         manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
@@ -298,8 +298,8 @@ def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options
     """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
     with reading(storage_options) as session:
-        return [(job.index, process_chunk(job.items, job.index, config, sink, storage_options, job.reuse,
-                                          session=session)) for job in task]
+        return [(job.index, process_chunk(job.items, job.index, config, sink, job.reuse, session=session))
+                for job in task]
 
 
 def _in_notebook() -> bool:

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from fsspec.core import url_to_fs
 
 from . import archives, retry
 from .config import LabelSource
 from .errors import SourceError, StorageError
+from .location import Resolver
 
 __all__ = ["Listing", "list_source", "ReadSession", "reading", "read_bytes", "stream_group", "spans_of",
            "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath", "SPAN_COLUMNS"]
@@ -123,11 +123,11 @@ def _folder_label(relpath: str) -> str | None:
     return relpath.split("/", 1)[0] if "/" in relpath else None
 
 
-def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[str] | None:
+def _archive_urls(source: str | Sequence[str], resolve: Resolver) -> list[str] | None:
     """The archives SOURCE names (one URL, a glob, or a list), sorted; None when it names none."""
     urls = [source] if isinstance(source, str) else list(source)
     if isinstance(source, str) and archives.archive_kind(source) is None and (
-            not (_GLOB & set(source)) or _exists(source, storage_options)):
+            not (_GLOB & set(source)) or _exists(source, resolve)):
         return None  # a folder or manifest (whose name may hold [, ? or *)
     found = []
     for url in urls:
@@ -135,7 +135,7 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
             raise SourceError(f"SOURCE {url!r}: a glob of chained URLs is not supported; give the shards as a list")
         if _GLOB & set(url):
             try:
-                fs, pattern = url_to_fs(url, **storage_options)
+                fs, pattern = resolve(url)
                 found += [fs.unstrip_protocol(p)
                           for p in retry.call(lambda fs=fs, pattern=pattern: fs.glob(pattern), f"listing {url}")]
             except StorageError:
@@ -146,7 +146,7 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
             found.append(url)
         else:  # a full URL, like a glob's matches: a relative path would not name the file on a worker
             try:
-                fs, path = url_to_fs(url, **storage_options)
+                fs, path = resolve(url)
             except Exception as exc:
                 raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
             found.append(fs.unstrip_protocol(path))
@@ -158,22 +158,22 @@ def _archive_urls(source: str | Sequence[str], storage_options: dict) -> list[st
     return sorted(dict.fromkeys(found))
 
 
-def _exists(url: str, storage_options: dict) -> bool:
+def _exists(url: str, resolve: Resolver) -> bool:
     try:
-        fs, path = url_to_fs(url, **storage_options)
+        fs, path = resolve(url)
         return fs.exists(path)
     except Exception:
         return False
 
 
-def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict,
+def _list_archives(urls: list[str], labels: LabelSource, resolve: Resolver,
                    every_file: bool = False) -> pd.DataFrame:
     """Members of every archive (shards in URL order, members in archive order), with their spans."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(url: str) -> list[tuple]:
         try:
-            fs, path = url_to_fs(url, **storage_options)
+            fs, path = resolve(url)
             info = retry.call(lambda: fs.info(path), f"looking up {url}")  # a hiccup is retried, not "missing"
         except FileNotFoundError:
             raise SourceError(f"SOURCE {url!r} does not exist") from None
@@ -200,10 +200,11 @@ def _list_archives(urls: list[str], labels: LabelSource, storage_options: dict,
     return items[_COLUMNS + list(SPAN_COLUMNS)]
 
 
-def _list_manifest(url: str, fs, path: str, labels: LabelSource, storage_options: dict) -> pd.DataFrame:
+def _list_manifest(url: str, fs, path: str, labels: LabelSource) -> pd.DataFrame:
     reader = _MANIFEST_READERS[posixpath.splitext(path)[1].lower()]
     try:
-        table = reader(url, storage_options=storage_options or None)
+        with fs.open(path, "rb") as f:
+            table = reader(f)
     except Exception as exc:
         raise SourceError(f"manifest {url!r} cannot be read: {exc}") from None
     if "path" not in table.columns:
@@ -237,10 +238,10 @@ def _resolve(fs, base: str, value: str) -> tuple[str, str]:
     return fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, value))), safe_relpath(value)
 
 
-def _attach_masks(items: pd.DataFrame, masks: str, storage_options: dict) -> pd.DataFrame:
+def _attach_masks(items: pd.DataFrame, masks: str, resolve: Resolver) -> pd.DataFrame:
     """Pair each image with the file of the same relative path (any image extension) under ``masks``."""
     try:
-        fs, root = url_to_fs(str(masks), **storage_options)
+        fs, root = resolve(str(masks))
         found = fs.find(root.rstrip("/"), withdirs=False) if fs.isdir(root) else None
     except Exception as exc:
         raise SourceError(f"masks {masks!r} cannot be reached: {exc}") from None
@@ -295,16 +296,16 @@ def list_source(
     >>> listing = list_source("path/to/images")          # doctest: +SKIP
     >>> listing.items[["relpath", "label"]].head()        # doctest: +SKIP
     """
-    storage_options = dict(storage_options or {})
-    shards = _archive_urls(source, storage_options)
+    resolve = Resolver(storage_options)
+    shards = _archive_urls(source, resolve)
     if shards is not None:
-        items = _list_archives(shards, labels, storage_options, every_file)
+        items = _list_archives(shards, labels, resolve, every_file)
         if items.empty:
             raise SourceError(f"SOURCE {source!r} holds no image files")
-        fs = url_to_fs(shards[0], **storage_options)[0]
-        return _finish(items, masks, storage_options, str(source) if isinstance(source, str) else ",".join(shards), fs)
+        fs = resolve(shards[0])[0]
+        return _finish(items, masks, resolve, str(source) if isinstance(source, str) else ",".join(shards), fs)
     try:
-        fs, root = url_to_fs(str(source), **storage_options)
+        fs, root = resolve(str(source))
         root = posixpath.normpath(root) if root.startswith("/") else root.rstrip("/") or root
         is_file = fs.isfile(root)
         exists = is_file or fs.isdir(root)
@@ -314,20 +315,20 @@ def list_source(
         raise SourceError(f"SOURCE {source!r} does not exist")
     ext = posixpath.splitext(root)[1].lower()
     if is_file and ext in _MANIFEST_READERS:
-        items = _list_manifest(str(source), fs, root, labels, storage_options)
+        items = _list_manifest(str(source), fs, root, labels)
     elif is_file:
         raise SourceError(f"SOURCE {source!r} is a file, not a folder or a .csv/.parquet manifest")
     else:
         items = _list_folder(fs, root, labels, every_file)
     if items.empty:
         raise SourceError(f"SOURCE {source!r} holds no image files")
-    return _finish(items, masks, storage_options, str(source), fs)
+    return _finish(items, masks, resolve, str(source), fs)
 
 
-def _finish(items: pd.DataFrame, masks: str | None, storage_options: dict, source: str, fs: Any) -> Listing:
+def _finish(items: pd.DataFrame, masks: str | None, resolve: Resolver, source: str, fs: Any) -> Listing:
     """Masks, label ids and the running index of a listing."""
     if masks is not None:
-        items = _attach_masks(items, masks, storage_options)
+        items = _attach_masks(items, masks, resolve)
     labels_ = [None if pd.isna(v) else str(v) for v in items["label"]]
     items["label"] = pd.array(labels_, dtype="string")
     names = _label_order([v for v in labels_ if v is not None])
@@ -380,7 +381,7 @@ class ReadSession:
 
     def __init__(self, storage_options: dict[str, Any] | None = None,
                  policy: retry.RetryPolicy = retry.DEFAULT_POLICY) -> None:
-        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.resolve = Resolver(storage_options)  # each filesystem made once for the session's reads
         self.policy = policy
         self._cursor: archives.TarCursor | None = archives.TarCursor()
 
@@ -421,7 +422,7 @@ class ReadSession:
 
         def fetch(indices: Sequence[int]) -> list[bytes | Exception]:
             picked = [origins[i] for i in indices]
-            return _read_once(picked, self.storage_options, None if spans is None else [spans[i] for i in indices],
+            return _read_once(picked, self.resolve, None if spans is None else [spans[i] for i in indices],
                               cursor)
 
         return retry.retry_failed(fetch, len(origins), f"reading {len(origins)} files", self.policy)  # type: ignore[return-value]
@@ -478,12 +479,12 @@ def read_bytes(origins: Sequence[str], storage_options: dict[str, Any] | None = 
         return session.read(origins, spans)
 
 
-def _read_once(origins: Sequence[str], options: dict, spans, cursor: archives.TarCursor) -> list[bytes | Exception]:
+def _read_once(origins: Sequence[str], resolve: Resolver, spans, cursor: archives.TarCursor) -> list[bytes | Exception]:
     out: list[bytes | Exception] = [FileNotFoundError("not read")] * len(origins)
     members = [i for i, origin in enumerate(origins) if archives.is_member(origin)]
     if members:
         member_spans = None if spans is None else [spans[i] for i in members]
-        got = archives.read_members([origins[i] for i in members], member_spans, options, cursor)
+        got = archives.read_members([origins[i] for i in members], member_spans, resolve, cursor)
         for i, value in zip(members, got):
             out[i] = value
     groups: dict[int, tuple[Any, list[int], list[str]]] = {}
@@ -491,7 +492,7 @@ def _read_once(origins: Sequence[str], options: dict, spans, cursor: archives.Ta
         if archives.is_member(origin):
             continue
         try:
-            fs, path = url_to_fs(origin, **options)
+            fs, path = resolve(origin)
         except Exception as exc:  # an unknown protocol fails this file only
             out[i] = exc
             continue

@@ -32,8 +32,8 @@ from . import retry
 from .errors import SourceError
 from .location import Resolver
 
-__all__ = ["archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream", "stream_of",
-           "TarCursor"]
+__all__ = ["Member", "archive_kind", "is_member", "split_member", "list_archive", "read_members", "is_stream",
+           "stream_of", "TarCursor"]
 
 #: archive suffix -> (fsspec protocol of its members, compressed stream?)
 _KINDS = {".tar": ("tar", False), ".tar.gz": ("tar", True), ".tgz": ("tar", True), ".zip": ("zip", False)}
@@ -118,9 +118,22 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 LIST_BLOCK = 1 << 20
 
 
-def list_archive(fs: Any, path: str) -> list[tuple[str, int, int]]:
-    """The regular files of one archive, in archive order, as ``(member, offset, size)``; a
-    compressed tar gives ``-1`` spans (its members are read by streaming).
+class Member(NamedTuple):
+    """A regular file of an archive: its ``name``, its span (``offset`` and ``size`` of its data in the
+    archive: for a zip the local header and the compressed size; ``-1`` for a compressed tar, read by
+    streaming), its ``length`` once extracted (what reading it costs in memory), and, for a plain tar,
+    its header ``chksum`` (None otherwise)."""
+
+    name: str
+    offset: int
+    size: int
+    length: int
+    chksum: int | None = None
+
+
+def list_archive(fs: Any, path: str) -> list[Member]:
+    """The regular files of one archive, in archive order (see :class:`Member`), from the headers alone:
+    a member's length is known before a byte of it is read.
 
     A transient storage error (a dropped connection, HTTP 5xx) lists the archive again, with backoff.
 
@@ -131,25 +144,20 @@ def list_archive(fs: Any, path: str) -> list[tuple[str, int, int]]:
     StorageError
         When the storage kept failing after the retries.
     """
-    return [(name, offset, size) for name, offset, size, _ in _listing(fs, path)]
-
-
-def _listing(fs: Any, path: str) -> list[tuple[str, int, int, int | None]]:
-    """:func:`list_archive` with each tar member's header checksum (None for zip and compressed tars)."""
     return retry.call(lambda: _list_once(fs, path), f"listing {fs.unstrip_protocol(path)}")
 
 
-def _list_once(fs: Any, path: str) -> list[tuple[str, int, int, int | None]]:
+def _list_once(fs: Any, path: str) -> list[Member]:
     protocol, compressed = archive_kind(path) or (None, False)
     try:
         with fs.open(path, "rb", **({} if compressed else {"block_size": LIST_BLOCK})) as f:
             if protocol == "zip":
                 with zipfile.ZipFile(f) as zf:
-                    return [(i.filename, i.header_offset, i.compress_size, None)
+                    return [Member(i.filename, i.header_offset, i.compress_size, i.file_size)
                             for i in zf.infolist() if not i.is_dir()]
             with tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
-                return [(m.name, -1, -1, None) if compressed else (m.name, m.offset_data, m.size, m.chksum)
-                        for m in _tar_members(tar)]
+                return [Member(m.name, -1, -1, m.size) if compressed
+                        else Member(m.name, m.offset_data, m.size, m.size, m.chksum) for m in _tar_members(tar)]
     except Exception as exc:
         if retry.is_transient(exc):
             raise
@@ -176,8 +184,8 @@ def _index(archive: str, resolve: Resolver, fresh: bool = False) -> dict[str, tu
     index: dict[str, tuple[int, int, int | None]] | Exception = {}
     try:
         fs, path = resolve(archive)
-        for name, offset, size, chksum in _listing(fs, path):
-            index.setdefault(name, (offset, size, chksum))  # type: ignore[union-attr]
+        for m in list_archive(fs, path):
+            index.setdefault(m.name, (m.offset, m.size, m.chksum))  # type: ignore[union-attr]
     except Exception as exc:
         if retry.is_transient(exc):  # a hiccup is not remembered; an unreadable archive is
             return exc

@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._version import __version__
-from .config import DEFAULT_MAX_PIXELS, Compression, LabelSource, OutputFormat, PresizeConfig, Resample, ResizeMode
+from .config import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    Compression,
+    LabelSource,
+    OutputFormat,
+    PresizeConfig,
+    Resample,
+    ResizeMode,
+)
 from .errors import ConfigError, ImgtoolsError, StorageError
 
 __all__ = ["main", "build_parser"]
@@ -112,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only-if-bigger", action="store_true", help="never enlarge an image")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more decoded pixels (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="refuse files bigger than this, unread, when the listing knows their size (default 1 GiB)")
     p.add_argument("--formats", help="comma-separated Pillow formats to accept (default JPEG,PNG,WEBP,GIF,BMP,TIFF)")
     p.add_argument("--quality", type=int, default=90, help="encoder quality for jpeg/webp output")
     p.add_argument("--masks", metavar="FOLDER", help="label masks paired with the images by relative path")
@@ -162,7 +173,8 @@ def _presize(args: argparse.Namespace) -> int:
     config = PresizeConfig.build(
         sizes=args.size or [64], mode=args.mode, format=args.format, labels=args.labels, chunk=args.chunk,
         resample=args.resample, compression=args.compression, background=args.background, pad_color=args.pad_color,
-        only_if_bigger=args.only_if_bigger, max_pixels=args.max_pixels, quality=args.quality,
+        only_if_bigger=args.only_if_bigger, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
+        quality=args.quality,
         formats=[f for f in args.formats.split(",") if f.strip()] if args.formats else None,
     )
     report = presize(args.source, args.dest, config=config, scheduler=args.scheduler, workers=args.workers,

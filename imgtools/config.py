@@ -30,12 +30,17 @@ __all__ = [
     "auto_chunk",
     "DEFAULT_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_BYTES",
 ]
 
 #: Pillow format names decoded by default; anything else is refused unless ``formats`` widens the list.
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 #: Pixels an image may have *as decoded* (after JPEG draft reduction) before it is refused unread.
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Bytes a file may have before it is refused unread. An image within the default pixel guard takes at most
+#: 8 bytes a pixel even uncompressed (16-bit RGBA TIFF: 800 MB); a bigger file is over that guard anyway, or
+#: mostly padding (a sparse file, a bomb in an archive), and reading it would cost its size in memory.
+DEFAULT_MAX_BYTES = 1 << 30
 
 
 _C = TypeVar("_C", bound="_Choice")
@@ -265,6 +270,7 @@ class PresizeConfig:
     only_if_bigger: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    max_bytes: int = DEFAULT_MAX_BYTES
     draft_factor: float = 2.0
     quality: int = 90
     masks: bool = False  #: inputs come with label masks, resized beside the images
@@ -278,6 +284,8 @@ class PresizeConfig:
             raise ConfigError(f"chunk {self.chunk!r} must be between 1 and 1000000")
         if self.max_pixels < 1:
             raise ConfigError(f"max_pixels {self.max_pixels!r} must be positive")
+        if self.max_bytes < 1:
+            raise ConfigError(f"max_bytes {self.max_bytes!r} must be positive")
         if not 1.0 <= self.draft_factor <= 8.0:
             raise ConfigError(f"draft_factor {self.draft_factor!r} must be between 1 and 8")
         if not 1 <= self.quality <= 100:
@@ -305,6 +313,7 @@ class PresizeConfig:
         only_if_bigger: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         formats: Iterable[str] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         quality: int = 90,
         masks: bool = False,
         draft_factor: float | str = 2.0,
@@ -342,6 +351,7 @@ class PresizeConfig:
             only_if_bigger=bool(only_if_bigger),
             max_pixels=int(max_pixels),
             formats=fmts,
+            max_bytes=int(max_bytes),
             quality=int(quality),
             masks=bool(masks),
             draft_factor=_parse_number("draft_factor", draft_factor),

@@ -21,7 +21,7 @@ from .errors import DecodeError
 from .resize import draft_request, is_identity, plan, resize_all, resize_mask, transform_points
 from .schema import Status, coordinate_column, parse_coordinate_column
 from .sinks.base import Chunk, Sink
-from .sources import PAIRED_COLUMNS, SPAN_COLUMNS, ReadSession, read_bytes, spans_of
+from .sources import LISTING_ONLY_COLUMNS, PAIRED_COLUMNS, ReadSession, read_bytes, spans_of
 
 __all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values",
            "result_columns", "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
@@ -202,7 +202,8 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     n, keys = len(items), config.size_keys
     paired = [c for c in PAIRED_COLUMNS if c in items.columns]
     known = previous_values(reuse)
-    todo = [i for i, rel in enumerate(items["relpath"]) if rel not in known]
+    too_big = _over_max_bytes(items, config.max_bytes)
+    todo = [i for i, rel in enumerate(items["relpath"]) if rel not in known and i not in too_big]
     mask_of = {i: items["mask"].iloc[i] for i in todo if config.masks and isinstance(items["mask"].iloc[i], str)}
     spans = spans_of(items.iloc[todo])
     origins = list(items["origin"].iloc[todo]) + list(mask_of.values())
@@ -215,7 +216,9 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     names = list(RESULT_COLUMNS) + [coordinate_column(c, k) for c in paired for k in keys]
     columns: dict[str, list[Any]] = {c: [None] * n for c in names}
     for i in range(n):
-        if i in fetched:
+        if i in too_big:
+            values = too_big[i]
+        elif i in fetched:
             coords = {c: None if pd.isna(items[c].iloc[i]) else items[c].iloc[i] for c in paired}
             outcome = process_one(fetched.pop(i), mask_bytes.pop(i, None), coords, config, sink)
             values = outcome.values
@@ -234,10 +237,20 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     return rows
 
 
+def _over_max_bytes(items: pd.DataFrame, max_bytes: int) -> dict[int, dict[str, Any]]:
+    """Rows (by position) whose listed length is over ``max_bytes``, as failed results: never read."""
+    if "bytes" not in items.columns:
+        return {}
+    lengths = items["bytes"].to_numpy()
+    return {int(i): {"status": Status.FAILED.value, "height": -1, "width": -1, "mode": None,
+                     "error": f"file is {int(lengths[i])} bytes, above max_bytes {max_bytes}"}
+            for i in np.flatnonzero(lengths > max_bytes)}
+
+
 def manifest_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """Manifest columns in their order and dtypes; paired-target columns (``mask``, ``points``,
     ``points_<size>``, ...) follow as text."""
-    extra = [c for c in rows.columns if c not in MANIFEST_COLUMNS and c != "chunk" and c not in SPAN_COLUMNS]
+    extra = [c for c in rows.columns if c not in MANIFEST_COLUMNS and c != "chunk" and c not in LISTING_ONLY_COLUMNS]
     out = rows[MANIFEST_COLUMNS + extra].copy()
     for col in extra:
         out[col] = out[col].astype("string")

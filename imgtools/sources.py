@@ -26,7 +26,7 @@ from .errors import SourceError, StorageError
 from .location import Resolver
 
 __all__ = ["Listing", "list_source", "ReadSession", "reading", "read_bytes", "stream_group", "spans_of",
-           "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath", "SPAN_COLUMNS"]
+           "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS"]
 
 #: Extensions taken as images without looking inside (compared lower-case).
 IMAGE_EXTENSIONS = frozenset(
@@ -41,9 +41,13 @@ _NOT_IMAGES = frozenset(
 _MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
-_COLUMNS = ["origin", "relpath", "label"]
+_COLUMNS = ["origin", "relpath", "label", "bytes"]
 #: Listing columns that say where an archive member's bytes lie; they do not go into the manifest.
 SPAN_COLUMNS = ("offset", "size")
+#: Listing columns that are not manifest columns: the spans, and ``bytes``, a file's length as the listing
+#: found it (a folder's or bucket's sizes, an archive member's header; -1 when the listing does not say, as
+#: for the files a manifest names), which the size guard checks before reading.
+LISTING_ONLY_COLUMNS = (*SPAN_COLUMNS, "bytes")
 _GLOB = frozenset("*?[")
 #: Optional manifest columns of coordinates that follow the geometry of their image.
 PAIRED_COLUMNS = ("points", "boxes")
@@ -81,7 +85,8 @@ class Listing:
 
     ``items`` has one row per input with the columns ``origin`` (the URL as listed), ``relpath`` (posix
     path relative to SOURCE or the manifest's folder), ``label`` (str or None) and ``label_id`` (int32,
-    -1 without a label); ``label_names[label_id]`` is the label. ``fs`` reads the origins.
+    -1 without a label), ``bytes`` (the file's length as listed, -1 when unknown); ``label_names[label_id]``
+    is the label. ``fs`` reads the origins.
     """
 
     source: str
@@ -98,22 +103,24 @@ def _is_hidden(relpath: str) -> bool:
 
 
 def _list_folder(fs, root: str, labels: LabelSource, every_file: bool = False) -> pd.DataFrame:
-    found = sorted(fs.find(root, withdirs=False))
+    found = fs.find(root, withdirs=False, detail=True)
     rows, unknown = [], []
-    for path in found:
+    for path in sorted(found):
+        length = found[path].get("size")
+        length = -1 if length is None else int(length)
         rel = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
         if _is_hidden(rel):
             continue
         ext = posixpath.splitext(rel)[1].lower()
         if every_file or ext in IMAGE_EXTENSIONS:
-            rows.append((path, rel))
+            rows.append((path, rel, length))
         elif ext not in _NOT_IMAGES:
-            unknown.append((path, rel))
+            unknown.append((path, rel, length))
     if unknown:  # decide by content: one small ranged read per file without an image extension
-        heads = fs.cat_ranges([p for p, _ in unknown], [0] * len(unknown), [16] * len(unknown), on_error="return")
+        heads = fs.cat_ranges([u[0] for u in unknown], [0] * len(unknown), [16] * len(unknown), on_error="return")
         rows += [u for u, head in zip(unknown, heads) if isinstance(head, bytes) and sniff_image(head)]
         rows.sort(key=lambda r: r[1])
-    items = pd.DataFrame(rows, columns=["path", "relpath"])
+    items = pd.DataFrame(rows, columns=["path", "relpath", "bytes"])
     items["origin"] = [fs.unstrip_protocol(p) for p in items["path"]]
     items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
     return items[_COLUMNS]
@@ -185,17 +192,17 @@ def _list_archives(urls: list[str], labels: LabelSource, resolve: Resolver,
             raise SourceError(f"SOURCE {url!r} is a folder, not an archive")
         protocol = archives.archive_kind(url)[0]  # type: ignore[index]
         rows, seen = [], set()
-        for member, offset, size in archives.list_archive(fs, path):
-            rel = safe_relpath(member)
+        for member in archives.list_archive(fs, path):
+            rel = safe_relpath(member.name)
             image = every_file or posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
-            if member not in seen and not _is_hidden(rel) and image:
-                seen.add(member)  # a name stored twice is one input: its first copy, which streaming finds too
-                rows.append((f"{protocol}://{member}::{url}", rel, offset, size))
+            if member.name not in seen and not _is_hidden(rel) and image:
+                seen.add(member.name)  # a name stored twice is one input: its first copy, which streaming finds too
+                rows.append((f"{protocol}://{member.name}::{url}", rel, member.length, member.offset, member.size))
         return rows
 
     with ThreadPoolExecutor(min(8, len(urls))) as pool:  # shards in a bucket: list them side by side
         rows = [row for shard in pool.map(one, urls) for row in shard]
-    items = pd.DataFrame(rows, columns=["origin", "relpath", *SPAN_COLUMNS])
+    items = pd.DataFrame(rows, columns=["origin", "relpath", "bytes", *SPAN_COLUMNS])
     items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
     return items[_COLUMNS + list(SPAN_COLUMNS)]
 
@@ -218,7 +225,7 @@ def _list_manifest(url: str, fs, path: str, labels: LabelSource) -> pd.DataFrame
         origins.append(origin)
         relpaths.append(relpath)
     label = table["label"] if "label" in table.columns and labels is LabelSource.FOLDER else None
-    out = pd.DataFrame({"origin": origins, "relpath": relpaths})
+    out = pd.DataFrame({"origin": origins, "relpath": relpaths, "bytes": -1})  # sizes unknown: not looked up
     out["label"] = [None if pd.isna(v) else str(v) for v in label] if label is not None else None
     if "mask" in table.columns:
         out["mask"] = [None if not isinstance(v, str) or not v.strip() else _resolve(fs, base, v)[0]
@@ -334,6 +341,7 @@ def _finish(items: pd.DataFrame, masks: str | None, resolve: Resolver, source: s
     names = _label_order([v for v in labels_ if v is not None])
     ids = {name: i for i, name in enumerate(names)}
     items["label_id"] = pd.array([ids.get(v, -1) for v in labels_], "int32")
+    items["bytes"] = items["bytes"].astype("int64")
     items.insert(0, "index", pd.RangeIndex(len(items)).astype("int64"))
     return Listing(source=source, fs=fs, items=items.reset_index(drop=True), label_names=names)
 

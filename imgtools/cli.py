@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="encoder quality for jpeg/webp output")
     p.add_argument("--masks", metavar="FOLDER", help="label masks paired with the images by relative path")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output at DEST and start again")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list and plan only: print the inputs, labels, chunks, tasks and output size; write nothing")
     p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -177,6 +179,12 @@ def _presize(args: argparse.Namespace) -> int:
         quality=args.quality,
         formats=[f for f in args.formats.split(",") if f.strip()] if args.formats else None,
     )
+    if args.dry_run:
+        from .pipeline import dry_run
+
+        print(dry_run(args.source, args.dest, config=config, storage_options=dict(args.storage_option),
+                      masks=args.masks))
+        return 0
     report = presize(args.source, args.dest, config=config, scheduler=args.scheduler, workers=args.workers,
                      storage_options=dict(args.storage_option), masks=args.masks, overwrite=args.overwrite,
                      progress=not args.quiet)

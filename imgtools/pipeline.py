@@ -8,28 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 
 from ._version import __version__
 from .cluster import Placement, dashboard_link, where_to_run
-from .config import PresizeConfig, Size
-from .engine import manifest_frame, process_chunk, process_one, result_columns
+from .config import Compression, PresizeConfig, Size
+from .engine import manifest_frame, process_chunk, process_one
 from .errors import ConfigError
 from .memory import tune_allocator
+from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks
 from .schema import OutputInfo, Status, ok_mask
 from .sinks import make_sink
 from .sinks.base import LOCK_TTL
-from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of, stream_group
+from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of
 
-__all__ = ["presize", "PresizeReport"]
+__all__ = ["presize", "dry_run", "PresizeReport"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,13 +125,62 @@ def presize(
     >>> print(report)                                                               # doctest: +SKIP
     1000 images: 998 ok, 2 failed; 1000 processed in 3.1 s (322 images/s) -> photos.zarr
     """
-    if config is None:
-        config = PresizeConfig.build(sizes=sizes if sizes is not None else (64,), mode=mode or "crop",
-                                     format=format or "zarr")
-    elif sizes is not None or mode is not None or format is not None:
-        raise TypeError("give either config= or sizes/mode/format, not both")
+    config = _build_config(config, sizes, mode, format)
     with where_to_run(client, scheduler, workers) as where:  # a named scheduler is reached before DEST is touched
         return _presize(source, dest, config, where, storage_options, masks, overwrite, progress)
+
+
+def _config_for(config: PresizeConfig, items: pd.DataFrame) -> PresizeConfig:
+    """The config with masks on when the listing pairs images with masks."""
+    if "mask" in items.columns and not config.masks:
+        return dataclasses.replace(config, masks=True)
+    if config.masks and "mask" not in items.columns:
+        raise ConfigError("config asks for masks but SOURCE has no 'mask' column and no masks folder was given")
+    return config
+
+
+def dry_run(
+    source: str,
+    dest: str,
+    sizes: Iterable[int | str | Sequence[int] | Size] | None = None,
+    mode: str | None = None,
+    format: str | None = None,
+    *,
+    config: PresizeConfig | None = None,
+    storage_options: dict[str, Any] | None = None,
+    masks: str | None = None,
+) -> RunPlan:
+    """What :func:`presize` with the same arguments would do, without writing anything: lists SOURCE,
+    checks that the output form can hold the inputs, reads which chunks an earlier run in DEST finished,
+    and plans chunks and tasks (see :class:`~imgtools.plan.RunPlan`). Runs in this process.
+
+    Examples
+    --------
+    >>> print(dry_run("photos/", "photos.zarr", sizes=[64, 224]))     # doctest: +SKIP
+    dry run: photos/ -> photos.zarr (nothing written)
+      inputs: 1000
+      ...
+    """
+    config = _build_config(config, sizes, mode, format)
+    listing = list_source(source, config.labels, storage_options, masks=masks)
+    items = listing.items
+    config = _config_for(config, items)
+    sink = make_sink(dest, config, storage_options)
+    sink.check_items(items)
+    finished, todo = plan_chunks(items, config.chunk, sink.done_rows(), sink.positional)
+    return RunPlan(source=listing.source, dest=sink.url, inputs=len(items), label_names=listing.label_names,
+                   chunk=config.chunk, chunks=len(finished) + len(todo), chunks_done=len(finished),
+                   tasks=len(group_tasks(todo, items, config.chunk)), output_bytes=estimate_bytes(config, len(items)),
+                   estimated=not config.format.is_array or config.compression is not Compression.NONE)
+
+
+def _build_config(config, sizes, mode, format) -> PresizeConfig:
+    if config is None:
+        return PresizeConfig.build(sizes=sizes if sizes is not None else (64,), mode=mode or "crop",
+                                   format=format or "zarr")
+    if sizes is not None or mode is not None or format is not None:
+        raise TypeError("give either config= or sizes/mode/format, not both")
+    return config
 
 
 def _presize(source, dest, config, where: Placement, storage_options, masks, overwrite, progress) -> PresizeReport:
@@ -139,14 +188,11 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     started = time.perf_counter()
     listing = list_source(source, config.labels, storage_options, masks=masks)
     items = listing.items
-    if "mask" in items.columns and not config.masks:
-        config = dataclasses.replace(config, masks=True)
-    elif config.masks and "mask" not in items.columns:
-        raise ConfigError("config asks for masks but SOURCE has no 'mask' column and no masks folder was given")
+    config = _config_for(config, items)
     sink = make_sink(dest, config, storage_options)
     done = sink.prepare(items, _job(config, items), overwrite=overwrite)
     with _Heartbeat(sink):
-        parts, todo = _plan_chunks(items, config.chunk, done, sink.positional)
+        parts, todo = plan_chunks(items, config.chunk, done, sink.positional)
         bar = _progress(len(items), progress)
         bar.update(sum(len(rows) for rows in parts.values()))
         with where.client(len(todo)) as dask_client:
@@ -199,36 +245,6 @@ class _Heartbeat:
         self.sink.release_lock()
 
 
-class ChunkJob(NamedTuple):
-    """One chunk still to do: its number, its inputs, and rows an earlier run finished that it reuses."""
-
-    index: int
-    items: pd.DataFrame
-    reuse: pd.DataFrame | None = None
-
-
-def _plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame,
-                 positional: bool) -> tuple[dict[int, pd.DataFrame], list[ChunkJob]]:
-    """Split the inputs into chunks: those an earlier run finished (their rows rebuilt from the listing
-    and the markers' results) and those still to do."""
-    markers = {int(c): g for c, g in done.groupby("chunk")}
-    reusable = None if positional or done.empty else done[ok_mask(done)]  # failures are retried
-    parts: dict[int, pd.DataFrame] = {}
-    todo: list[ChunkJob] = []
-    for i, start in enumerate(range(0, len(items), chunk)):
-        part = items.iloc[start : start + chunk]
-        marker = markers.get(i)
-        if (marker is not None and len(marker) == len(part)
-                and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
-                and (positional or ok_mask(marker).all())):
-            # the marker's rows are the chunk's, in order: take them by position (a relpath may repeat)
-            parts[i] = manifest_frame(part.assign(**result_columns(marker)))
-            continue
-        reuse = None if reusable is None else reusable[reusable["relpath"].isin(part["relpath"])]
-        todo.append(ChunkJob(i, part, None if reuse is None or reuse.empty else reuse))
-    return parts, todo
-
-
 def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> dict[int, pd.DataFrame]:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
@@ -238,7 +254,7 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
         if link:
             bar.write(f"dashboard: {link}", file=sys.stderr)
     # one partition per task of whole chunks: no two tasks ever write the same chunk
-    tasks = _tasks(todo, items, config.chunk)
+    tasks = group_tasks(todo, items, config.chunk)
     bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options)
     futures = dask_client.compute(bag.to_delayed(), retries=2)
     if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
@@ -261,37 +277,6 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
     finally:
         dask_client.cancel(futures)
     return out
-
-
-def _tasks(todo: list[ChunkJob], items: pd.DataFrame, chunk: int) -> list[list[ChunkJob]]:
-    """Chunks grouped into tasks: one chunk a task, except that a chunk that goes on reading the
-    compressed tar its predecessor ended in joins that task when reaching its first member afresh would
-    mean decompressing at least a chunk's worth of members before it; so a big ``.tar.gz`` is
-    decompressed once, in order, and many small ones still run side by side."""
-    starts = functools.cache(lambda: _stream_starts(items))  # found only when a compressed tar needs it
-    tasks: list[list[ChunkJob]] = []
-    last = None
-    for job in todo:
-        part = job.items
-        head = part["origin"].iloc[0]
-        first = stream_group(head)
-        if tasks and first is not None and first == last and int(part["index"].iloc[0]) - starts()[first] >= chunk:
-            tasks[-1].append(job)
-        else:
-            tasks.append([job])
-        tail = part["origin"].iloc[-1]
-        last = stream_group(tail)
-    return tasks
-
-
-def _stream_starts(items: pd.DataFrame) -> dict[str, int]:
-    """stream group (see :func:`~imgtools.sources.stream_group`) -> listing index of its first input."""
-    starts: dict[str, int] = {}
-    for index, origin in zip(items["index"], items["origin"]):
-        group = stream_group(origin)
-        if group is not None:
-            starts.setdefault(group, int(index))
-    return starts
 
 
 def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:

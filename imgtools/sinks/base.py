@@ -113,6 +113,11 @@ class Sink(abc.ABC):
         self._check_items(items)
         return self.ledger.prepare(job, overwrite, lambda: self._create(items))
 
+    def check_items(self, items: pd.DataFrame) -> None:
+        """Raise ConfigError when this form cannot hold the listed ``items`` (what :meth:`prepare` checks
+        first); touches nothing."""
+        self._check_items(items)
+
     def finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
         """Write what this form derives from the manifest, ``manifest.parquet``, then the attributes:
         an output is complete when its manifest exists."""

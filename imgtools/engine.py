@@ -203,8 +203,11 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     paired = [c for c in PAIRED_COLUMNS if c in items.columns]
     known = previous_values(reuse)
     too_big = _over_max_bytes(items, config.max_bytes)
-    todo = [i for i, rel in enumerate(items["relpath"]) if rel not in known and i not in too_big]
-    mask_of = {i: items["mask"].iloc[i] for i in todo if config.masks and isinstance(items["mask"].iloc[i], str)}
+    relpaths = items["relpath"].tolist()  # plain lists: no pandas lookups per image
+    todo = [i for i, rel in enumerate(relpaths) if rel not in known and i not in too_big]
+    mask_column = items["mask"].tolist() if config.masks else []
+    mask_of = {i: mask_column[i] for i in todo if config.masks and isinstance(mask_column[i], str)}
+    coord_columns = {c: [None if pd.isna(v) else v for v in items[c]] for c in paired}
     spans = spans_of(items.iloc[todo])
     origins = list(items["origin"].iloc[todo]) + list(mask_of.values())
     spans = None if spans is None else spans + [None] * len(mask_of)
@@ -219,7 +222,7 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
         if i in too_big:
             values = too_big[i]
         elif i in fetched:
-            coords = {c: None if pd.isna(items[c].iloc[i]) else items[c].iloc[i] for c in paired}
+            coords = {c: values_[i] for c, values_ in coord_columns.items()}
             outcome = process_one(fetched.pop(i), mask_bytes.pop(i, None), coords, config, sink)
             values = outcome.values
             for key in outcome.payloads:
@@ -227,7 +230,7 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
             for key in outcome.masks:
                 masks[key][i] = outcome.masks[key]
         else:
-            values = known[items["relpath"].iloc[i]]
+            values = known[relpaths[i]]
         for c in names:
             columns[c][i] = values.get(c)
     rows = manifest_frame(items.assign(**columns))

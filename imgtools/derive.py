@@ -3,7 +3,9 @@
 A Gaussian anti-alias prefilter (``dask_image.ndfilters``, sigma = 0.25 / scale per axis, as in the
 presizing recipe), then linear resampling of each chunk; the new arrays are added to the same store and
 listed in its attributes. Label masks, when the output has them, are resampled nearest-neighbour. Works on
-zarr and npy outputs.
+zarr and npy outputs. It holds the run lock of DEST while it works (as presize does; see
+:mod:`imgtools.sinks.lock`): a DEST another run writes is refused, and a derive whose lock was taken over
+does not list its sizes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .cluster import Placement, where_to_run
 from .config import Size, parse_size
 from .errors import ConfigError, SourceError
 from .schema import OutputInfo
-from .sinks import Sink, detect
+from .sinks import Sink, detect, read_info
+from .sinks.lock import RunLock
 
 __all__ = ["derive", "DeriveReport", "resample_block", "nearest_block"]
 
@@ -109,7 +112,21 @@ def _derive(dest: str, source_size: str, sizes: Iterable[int | str], where: Plac
     """derive() once where it runs is decided."""
     started = time.perf_counter()
     info, sink = _open(dest, storage_options)
-    config = sink.config
+    with sink.ledger.lock.hold() as lock:  # refuses a DEST another run writes; heartbeats while this one works
+        info = _reread(sink, info)
+        return _derive_locked(info, sink, source_size, sizes, where, lock, started)
+
+
+def _reread(sink: Sink, info: OutputInfo) -> OutputInfo:
+    """The attributes as they are now that DEST is locked (another derive may have added sizes)."""
+    sink.location.fs.invalidate_cache(sink.location.root)
+    return read_info(sink.location) or info
+
+
+def _derive_locked(info: OutputInfo, sink: Sink, source_size: str, sizes: Iterable[int | str], where: Placement,
+                   lock: RunLock, started: float) -> DeriveReport:
+    """derive() once DEST is locked for this run."""
+    dest, config = sink.url, sink.config
     if source_size not in info.sizes:
         raise ConfigError(f"size {source_size!r} is not in {dest!r} (it has {', '.join(info.sizes)})")
     src = parse_size(source_size)
@@ -137,6 +154,7 @@ def _derive(dest: str, source_size: str, sizes: Iterable[int | str], where: Plac
             dask.compute(writes, scheduler="synchronous")
         else:
             dask_client.compute(writes, sync=True)
+    lock.verify()  # not taken over while the arrays were written: list them
     made = {k: {"from": source_size, "sigma": "0.25/scale"} for k in keys}
     sink.write_attrs(dataclasses.replace(info, sizes=info.sizes + keys, derived={**info.derived, **made}).to_attrs())
     return DeriveReport(dest=sink.url, source_size=source_size, sizes=tuple(keys), images=info.n,

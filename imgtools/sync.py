@@ -2,15 +2,19 @@
 ``gsutil -m cp -r`` step of staging a dataset into a bucket).
 
 Files already at the destination with the same size and MD5 are skipped, so an interrupted sync is
-resumed by running it again. Reads are batched and concurrent (see :func:`~imgtools.sources.read_bytes`),
+resumed by running it again. A sync holds the run lock of DST (``DST/.imgtools/lock.json``, as presize and
+derive do; see :mod:`imgtools.sinks.lock`) while it copies: a DST another run writes is refused, and the
+lock of a run writing SRC is not copied. Reads are batched and concurrent (see :func:`~imgtools.sources.read_bytes`),
 writes go out a batch at a time, several batches in flight; transient errors are retried with backoff.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
+import os
 import posixpath
 import sys
 import threading
@@ -22,10 +26,13 @@ from typing import Any, TypeVar
 
 import pandas as pd
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from . import retry
-from .errors import ConfigError, SourceError, StorageError
+from .errors import ConfigError, DestinationError, SourceError, StorageError
+from .location import Location
 from .sinks.base import write_files
+from .sinks.lock import LOCK_FILE, RunLock
 from .sources import read_bytes
 
 __all__ = ["sync", "SyncReport"]
@@ -193,14 +200,43 @@ def _open_source(src: str, options: dict[str, Any]) -> tuple[_Side, dict[str, di
     return _Side(fs, root.rstrip("/") if not fs.isfile(root) else posixpath.dirname(root), options), files
 
 
-def _open_dest(dst: str, options: dict[str, Any]) -> tuple[_Side, dict[str, dict[str, Any]]]:
-    """DST as a side and its listing (empty when DST does not exist yet); ConfigError when it cannot be reached."""
+def _open_dest(dst: str, options: dict[str, Any]) -> _Side:
+    """DST as a side; ConfigError when its URL cannot be resolved."""
     try:
         fs, root = url_to_fs(str(dst), **options)
-        root = root.rstrip("/") or root
-        return _Side(fs, root, options), _tree(fs, root)
     except Exception as exc:
         raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
+    return _Side(fs, root.rstrip("/") or root, options)
+
+
+def _list_dest(dst: str, dest: _Side) -> dict[str, dict[str, Any]]:
+    """DST's listing (empty when DST does not exist yet), without its run lock; ConfigError when it
+    cannot be reached."""
+    try:
+        return {rel: info for rel, info in _tree(dest.fs, dest.root).items() if rel != LOCK_FILE}
+    except Exception as exc:
+        raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
+
+
+def _lock_dest(dst: str, dest: _Side) -> RunLock:
+    """The run lock of DST, taken (DestinationError when another run holds it, StorageError when the
+    storage kept failing, ConfigError when DST cannot be reached)."""
+    lock = RunLock(Location(url=str(dst), fs=dest.fs, root=dest.root, storage_options=dest.options))
+    try:
+        lock.acquire()
+    except (DestinationError, StorageError):  # another run holds DST; the storage kept failing
+        raise
+    except Exception as exc:
+        raise ConfigError(f"DST {dst!r} cannot be reached: {exc}") from None
+    return lock
+
+
+def _tidy_local(dest: _Side, had_ledger: bool) -> None:
+    """Remove the ``.imgtools`` folder this sync's lock left in a local DST that had none (object stores
+    keep no empty folders)."""
+    if not had_ledger and isinstance(dest.fs, LocalFileSystem):
+        with contextlib.suppress(OSError):
+            os.rmdir(dest.path(".imgtools"))
 
 
 def _to_copy(src_files: dict[str, dict[str, Any]], dst_files: dict[str, dict[str, Any]], source: _Side, dest: _Side,
@@ -298,6 +334,8 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
         ``src`` cannot be reached or holds no files.
     ConfigError
         ``dst`` cannot be reached, or ``batch`` or ``parallel`` is below 1.
+    DestinationError
+        Another run (a presize, derive or sync) is writing ``dst`` now.
     StorageError
         The storage kept failing after retries; what was copied stays, and a re-run resumes.
 
@@ -314,15 +352,23 @@ def sync(src: str, dst: str, storage_options: dict[str, Any] | None = None, *,
     started = time.perf_counter()
     src_opts = dict(storage_options or {})
     source, src_files = _open_source(src, src_opts)
-    dest, dst_files = _open_dest(dst, dict(src_opts if dst_storage_options is None else dst_storage_options))
-    todo = _to_copy(src_files, dst_files, source, dest, batch, parallel)
-    bar = tqdm(total=sum(f.size for f in todo), unit="B", unit_scale=True, desc="sync", disable=not progress,
-               file=sys.stderr)
-    with ThreadPoolExecutor(parallel) as pool:
-        done = pool.map(_copy_batch, _batches(todo, batch), repeat(source), repeat(dest), repeat(str(dst)),
-                        repeat(_Progress(bar)))
-        failures = [failure for batch_failures in done for failure in batch_failures]
-    bar.close()
+    src_files.pop(LOCK_FILE, None)  # a run writing SRC: its lock is not data
+    dest = _open_dest(dst, dict(src_opts if dst_storage_options is None else dst_storage_options))
+    had_ledger = isinstance(dest.fs, LocalFileSystem) and os.path.isdir(dest.path(".imgtools"))
+    lock = _lock_dest(dst, dest)
+    try:
+        with lock.hold():  # taken just above; kept fresh while the copy goes on
+            todo = _to_copy(src_files, _list_dest(dst, dest), source, dest, batch, parallel)
+            bar = tqdm(total=sum(f.size for f in todo), unit="B", unit_scale=True, desc="sync",
+                       disable=not progress, file=sys.stderr)
+            with ThreadPoolExecutor(parallel) as pool:
+                done = pool.map(_copy_batch, _batches(todo, batch), repeat(source), repeat(dest), repeat(str(dst)),
+                                repeat(_Progress(bar)))
+                failures = [failure for batch_failures in done for failure in batch_failures]
+            bar.close()
+    finally:
+        lock.release()
+        _tidy_local(dest, had_ledger)
     failed = {f.path for f in failures}
     copied = [f for f in todo if f.rel not in failed]
     return SyncReport(src=str(src), dst=str(dst), total=len(src_files), copied=len(copied),

@@ -1,7 +1,8 @@
 """The run ledger: what a run records in DEST beside the output itself, the same for every output form.
 
 - ``.imgtools/job.json``: the job (config and inputs) a DEST holds; a different job is refused.
-- ``.imgtools/lock.json``: the run writing DEST now, with a heartbeat; another run waits or is refused.
+- ``.imgtools/lock.json``: the run writing DEST now, with a heartbeat; another run is refused. The lock is
+  exclusive where the store has conditional writes (local disks, GCS, S3: see :mod:`imgtools.sinks.lock`).
 - ``.imgtools/chunks/<k>.parquet``: chunk ``k``'s manifest rows, written after its data (the done marker):
   a chunk counts as done only when its marker can be read, so an interrupted run redoes exactly the chunks
   whose output may be incomplete.
@@ -15,10 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import posixpath
-import socket
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,16 +25,14 @@ import pandas as pd
 
 from ..errors import DestinationError
 from ..location import Location
+from .lock import LOCK_FILE, LOCK_TTL, RunLock
 
 __all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "MANIFEST", "ATTRS_FILE", "LOCK_TTL", "parquet_bytes"]
 
 JOB_FILE = ".imgtools/job.json"
-LOCK_FILE = ".imgtools/lock.json"
 MARKER_DIR = ".imgtools/chunks"
 MANIFEST = "manifest.parquet"
 ATTRS_FILE = "imgtools.json"
-#: Seconds after its last heartbeat that a lock of a run on another host counts as abandoned.
-LOCK_TTL = 120.0
 
 
 def parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -44,16 +40,6 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False, engine="pyarrow")
     return buf.getvalue()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLedger:
@@ -74,7 +60,8 @@ class RunLedger:
         self.location = location
         self.positional = positional
         self.run_id = uuid.uuid4().hex
-        self._locked = False
+        #: The run lock of DEST (exclusive where the store allows; see :mod:`imgtools.sinks.lock`).
+        self.lock = RunLock(location, self.run_id, ttl=LOCK_TTL)
 
     @property
     def url(self) -> str:
@@ -104,18 +91,15 @@ class RunLedger:
         if not ours and self._nonempty():
             raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; "
                                    "choose another DEST")
-        if ours:
-            self._check_lock()
-        if ours and overwrite:
-            fs.rm(self.location.root, recursive=True)
-            fs.invalidate_cache(self.location.root)  # what was listed before is gone
-            ours = False
-        previous = self._read_job() if ours else None
-        if ours and previous is not None and not self._same_job(previous, job):
-            raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
-                                   "use --overwrite to start again")
-        self.take_lock()
+        self.take_lock()  # first, so that nothing below races another run (overwrite included)
         try:
+            if ours and overwrite:
+                self._clear()
+                ours = False
+            previous = self._read_job() if ours else None
+            if previous is not None and not self._same_job(previous, job):
+                raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
+                                       "use --overwrite to start again")
             fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
             if previous is None:
                 self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
@@ -126,6 +110,19 @@ class RunLedger:
         except BaseException:
             self.release_lock()
             raise
+
+    def _clear(self) -> None:
+        """Remove everything an earlier run wrote in DEST but the lock this run holds (``overwrite``)."""
+        fs, lock = self.location.fs, self.path(LOCK_FILE)
+        keep = {self.path(".imgtools"), lock}
+        for path in fs.ls(self.location.root, detail=False):
+            if path.rstrip("/") not in keep:
+                fs.rm(path, recursive=True)
+        with_lock = fs.ls(self.path(".imgtools"), detail=False) if fs.exists(self.path(".imgtools")) else []
+        for path in with_lock:
+            if path.rstrip("/") != lock:
+                fs.rm(path, recursive=True)
+        fs.invalidate_cache(self.location.root)  # what was listed before is gone
 
     def _same_job(self, previous: dict[str, Any], job: dict[str, Any]) -> bool:
         if self.positional:
@@ -170,48 +167,43 @@ class RunLedger:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"chunk": [], "relpath": []})
 
     def write_manifest(self, manifest: pd.DataFrame) -> None:
-        """``manifest.parquet`` (write the attributes after it: then the output is complete)."""
-        self.put(MANIFEST, parquet_bytes(manifest))
-
-    # ---- the run lock ------------------------------------------------------------------------------
-    def _check_lock(self) -> None:
-        try:
-            lock = json.loads(self.location.fs.cat_file(self.path(LOCK_FILE)))
-        except (FileNotFoundError, ValueError):
-            return
-        age = time.time() - float(lock.get("heartbeat", 0))
-        same_host = lock.get("host") == socket.gethostname()
-        alive = age < LOCK_TTL and (not same_host or _pid_alive(int(lock.get("pid", -1))))
-        if alive and lock.get("run") != self.run_id:
-            raise DestinationError(
-                f"DEST {self.url!r} is being written by another run (pid {lock.get('pid')} on {lock.get('host')}, "
-                f"last seen {age:.0f} s ago); wait for it, or stop it and run again")
-
-    def take_lock(self) -> None:
-        """Record this run as the writer of DEST; call again as a heartbeat, at most every LOCK_TTL / 4.
+        """``manifest.parquet`` (write the attributes after it: then the output is complete).
 
         Raises
         ------
         DestinationError
-            When another run has taken the lock over meanwhile (this run was thought dead).
+            This run took the lock and another run has taken it over since: it must not complete DEST.
         """
-        try:
-            held = json.loads(self.location.fs.cat_file(self.path(LOCK_FILE))).get("run")
-        except (FileNotFoundError, ValueError):
-            held = None
-        if held not in (None, self.run_id) and self._locked:
-            raise DestinationError(f"DEST {self.url!r} was taken over by another run")
-        self._locked = True
-        lock = {"run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-        self.put(LOCK_FILE, json.dumps(lock).encode())
+        if self.lock.held or self.lock.lost:
+            self.lock.verify()
+        self.put(MANIFEST, parquet_bytes(manifest))
+
+    # ---- the run lock ------------------------------------------------------------------------------
+    def take_lock(self) -> None:
+        """Take the lock of DEST for this run (refusing a live holder, taking over a stale one); call again
+        as the heartbeat, at most every LOCK_TTL / 4 (see :class:`~imgtools.sinks.lock.RunLock`).
+
+        Raises
+        ------
+        DestinationError
+            Another live run holds DEST; or, as a heartbeat, another run has taken the lock over meanwhile
+            (this run was thought dead).
+
+        Examples
+        --------
+        >>> ledger = RunLedger(Location.resolve("memory://imgtools-doc/take"), positional=True)
+        >>> ledger.take_lock(); ledger.take_lock(); ledger.lock.held
+        True
+        >>> ledger.release_lock()
+        """
+        if self.lock.held or self.lock.lost:
+            self.lock.refresh()
+        else:
+            self.lock.acquire()
 
     def release_lock(self) -> None:
         """Remove this run's lock (left alone if another run has taken it over)."""
-        try:
-            if json.loads(self.location.fs.cat_file(self.path(LOCK_FILE))).get("run") == self.run_id:
-                self.location.fs.rm_file(self.path(LOCK_FILE))
-        except (FileNotFoundError, ValueError):
-            pass
+        self.lock.release()
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

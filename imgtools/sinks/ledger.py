@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..config import PresizeConfig
 from ..errors import DestinationError
 from ..location import Location
 from .lock import LOCK_FILE, LOCK_TTL, RunLock
@@ -125,6 +126,8 @@ class RunLedger:
         fs.invalidate_cache(self.location.root)  # what was listed before is gone
 
     def _same_job(self, previous: dict[str, Any], job: dict[str, Any]) -> bool:
+        previous = {**previous, "config": _with_defaults(previous.get("config", {}))}
+        job = {**job, "config": _with_defaults(job.get("config", {}))}
         if self.positional:
             return previous == job
         return previous.get("config") == job.get("config")
@@ -204,6 +207,12 @@ class RunLedger:
     def release_lock(self) -> None:
         """Remove this run's lock (left alone if another run has taken it over)."""
         self.lock.release()
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with the settings an older imgtools did not record at their defaults, which is
+    what that version did (so a new setting does not make an earlier output another job)."""
+    return {**PresizeConfig().to_dict(), **config}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import hashlib
 import sys
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,7 +25,6 @@ from .memory import tune_allocator
 from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks
 from .schema import OutputInfo, Status, ok_mask
 from .sinks import make_sink
-from .sinks.base import LOCK_TTL
 from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of
 
 __all__ = ["presize", "dry_run", "PresizeReport"]
@@ -191,7 +189,7 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     config = _config_for(config, items)
     sink = make_sink(dest, config, storage_options)
     done = sink.prepare(items, _job(config, items), overwrite=overwrite)
-    with _Heartbeat(sink):
+    with sink.ledger.lock.hold():  # a heartbeat; a run whose lock was taken over cannot complete DEST
         parts, todo = plan_chunks(items, config.chunk, done, sink.positional)
         bar = _progress(len(items), progress)
         bar.update(sum(len(rows) for rows in parts.values()))
@@ -220,29 +218,6 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
                          seconds=time.perf_counter() - started, chunks_done=len(todo),
                          chunks_resumed=len(parts) - len(todo), processed=processed,
                          sizes=tuple(config.size_keys), failures=failed)
-
-
-class _Heartbeat:
-    """Keeps the sink's run lock fresh while the run goes on; releases it at the end."""
-
-    def __init__(self, sink):
-        self.sink = sink
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name="imgtools-lock", daemon=True)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(LOCK_TTL / 4):
-            with contextlib.suppress(Exception):  # a missed beat is retried; the lock only ages
-                self.sink.take_lock()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.sink.release_lock()
 
 
 def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> dict[int, pd.DataFrame]:

@@ -6,7 +6,9 @@ import io
 import os
 import pathlib
 import struct
+import tarfile
 import tempfile
+import zipfile
 import zlib
 
 import numpy as np
@@ -150,6 +152,105 @@ def make_labelled(root: pathlib.Path, per_class: int = 20, classes: int = 4, see
 def labelled_dir(tmp_path) -> pathlib.Path:
     root = tmp_path / "labelled"
     make_labelled(root)
+    return root
+
+
+def tree_bytes(root, fs=None, *, dirs: bool = False) -> dict[str, bytes | None]:
+    """relpath (posix) -> bytes of every file under ``root``, in path order (folder by folder, as sorted
+    ``Path`` objects go). On local disk, or on the fsspec filesystem ``fs`` when given (``root`` then in its
+    terms, such as ``bucket/prefix``). With ``dirs``, every folder too, valued None: what a test that nothing
+    at all was made needs (an empty folder holds no file)."""
+    if fs is not None:
+        root = str(root).rstrip("/")
+        found = fs.find(root, withdirs=dirs, detail=True)
+        return {path[len(root):].lstrip("/"): None if info["type"] == "directory" else fs.cat_file(path)
+                for path, info in sorted(found.items(), key=lambda kv: kv[0].split("/")) if path != root}
+    root = pathlib.Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None
+            for p in sorted(root.rglob("*")) if dirs or p.is_file()}
+
+
+def flip_last_byte(path: pathlib.Path) -> None:
+    """Change ``path`` in place without changing its size: only a checksum can tell."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _tar(path: pathlib.Path, files, mode: str) -> None:
+    with tarfile.open(path, mode) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _zip(path: pathlib.Path, files, compression: int) -> None:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in files:
+            zf.writestr(name, data)
+
+
+#: archive kind -> (suffix, writer of (member name, bytes) pairs to a path)
+ARCHIVE_WRITERS = {
+    "tar": (".tar", lambda p, f: _tar(p, f, "w")),
+    "tar.gz": (".tar.gz", lambda p, f: _tar(p, f, "w:gz")),
+    "tgz": (".tgz", lambda p, f: _tar(p, f, "w:gz")),
+    "zip-deflate": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_DEFLATED)),
+    "zip-stored": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_STORED)),
+    "zip-bzip2": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_BZIP2)),
+}
+
+
+def make_archive(kind: str, files, folder: pathlib.Path, name: str = "images") -> pathlib.Path:
+    """``folder/name.<suffix>``, an archive of ``kind`` (see :data:`ARCHIVE_WRITERS`) holding ``files``: (member
+    name, bytes) pairs in archive order (a name may come twice), or a mapping such as :func:`tree_bytes` gives."""
+    suffix, write = ARCHIVE_WRITERS[kind]
+    path = folder / f"{name}{suffix}"
+    write(path, files.items() if isinstance(files, dict) else files)
+    return path
+
+
+def read_back(dest: pathlib.Path, fmt: str, key: str) -> list[np.ndarray | None]:
+    """The stored image of every manifest row of a local output at size ``key`` (None where there is
+    none), whatever the form: read by zarr, np.load or Pillow, not by imgtools."""
+    import pandas as pd
+    import zarr
+
+    from imgtools.config import OutputFormat
+    from imgtools.sinks.files import output_relpath
+
+    m = pd.read_parquet(dest / "manifest.parquet")
+    ok = (m["status"] == "ok").to_numpy()
+    if fmt == "zarr":
+        arr = zarr.open_group(str(dest), mode="r")[f"{key}/images"][:]
+    elif fmt == "npy":
+        parts = sorted((dest / key).glob("part-*.npy"))
+        arr = np.concatenate([np.load(p, mmap_mode="r") for p in parts])
+        assert np.load(dest / "ok.npy").tolist() == ok.tolist()
+    else:
+        return [load_rgb(dest / key / output_relpath(r, OutputFormat(fmt))) if k else None
+                for r, k in zip(m["relpath"], ok)]
+    assert len(arr) == len(m)
+    assert not arr[~ok].any()
+    return [a if k else None for a, k in zip(arr, ok)]
+
+
+def load_rgb(path: pathlib.Path) -> np.ndarray:
+    """An image file's pixels as RGB, read by Pillow."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def slow_source(tmp_path_factory) -> pathlib.Path:
+    """Enough real work (200 photo-sized JPEGs) that a run can be killed part-way."""
+    root = tmp_path_factory.mktemp("slow")
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        arr = gradient(900, 700, seed=i) // 2 + rng.integers(0, 120, (700, 900, 3), dtype=np.uint8)
+        (root / f"c{i % 3}").mkdir(exist_ok=True)
+        (root / f"c{i % 3}" / f"img{i:03d}.jpg").write_bytes(encode(Image.fromarray(arr), "JPEG"))
     return root
 
 

@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 import tarfile
-import zipfile
+import threading
 
 import numpy as np
 import pandas as pd
@@ -15,44 +15,10 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import imgtools
+from conftest import ARCHIVE_WRITERS, make_archive, tree_bytes
 from imgtools import presize
 from imgtools.errors import SourceError
 from imgtools.sources import list_source, read_bytes, reading, stream_group
-
-
-def _files(root: pathlib.Path) -> list[tuple[str, bytes]]:
-    return [(p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
-
-
-def _tar(path: pathlib.Path, files, mode: str) -> None:
-    with tarfile.open(path, mode) as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def _zip(path: pathlib.Path, files, compression: int) -> None:
-    with zipfile.ZipFile(path, "w", compression=compression) as zf:
-        for name, data in files:
-            zf.writestr(name, data)
-
-
-WRITERS = {
-    "tar": (".tar", lambda p, f: _tar(p, f, "w")),
-    "tar.gz": (".tar.gz", lambda p, f: _tar(p, f, "w:gz")),
-    "tgz": (".tgz", lambda p, f: _tar(p, f, "w:gz")),
-    "zip-deflate": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_DEFLATED)),
-    "zip-stored": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_STORED)),
-    "zip-bzip2": (".zip", lambda p, f: _zip(p, f, zipfile.ZIP_BZIP2)),
-}
-
-
-def make_archive(kind: str, files, folder: pathlib.Path, name: str = "images") -> pathlib.Path:
-    suffix, write = WRITERS[kind]
-    path = folder / f"{name}{suffix}"
-    write(path, files)
-    return path
 
 
 def _same_output(a: str, b: str, sizes=("64x64",)) -> None:
@@ -65,10 +31,10 @@ def _same_output(a: str, b: str, sizes=("64x64",)) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, None])
-@pytest.mark.parametrize("kind", list(WRITERS))
+@pytest.mark.parametrize("kind", list(ARCHIVE_WRITERS))
 def test_archive_source_gives_the_same_output_as_the_extracted_folder(kind, workers, labelled_dir, tmp_path,
                                                                       dask_client):
-    archive = make_archive(kind, _files(labelled_dir), tmp_path)
+    archive = make_archive(kind, tree_bytes(labelled_dir), tmp_path)
     client = dask_client if workers is None else None
     folder = presize(str(labelled_dir), str(tmp_path / "folder.zarr"), sizes=[64], workers=0, progress=False)
     report = presize(str(archive), str(tmp_path / "archive.zarr"), sizes=[64], client=client,
@@ -83,12 +49,12 @@ def test_archive_source_gives_the_same_output_as_the_extracted_folder(kind, work
 
 @pytest.mark.parametrize("kind", ["tar", "tar.gz", "zip-deflate"])
 def test_glob_of_shards_is_one_dataset_in_shard_order_split_into_many_chunks(kind, labelled_dir, tmp_path, dask_client):
-    files = _files(labelled_dir)
+    files = list(tree_bytes(labelled_dir).items())
     shards = tmp_path / "shards"
     shards.mkdir()
     for s in range(3):  # 27, 27, 26 files
         make_archive(kind, files[s * 27 : (s + 1) * 27], shards, name=f"train-{s:04d}")
-    suffix = WRITERS[kind][0]
+    suffix = ARCHIVE_WRITERS[kind][0]
     config = imgtools.PresizeConfig.build(sizes=[64], chunk=16)  # several chunks per shard, some across shards
     presize(str(labelled_dir), str(tmp_path / "folder.zarr"), config=config, workers=0, progress=False)
     report = presize(str(shards / f"train-*{suffix}"), str(tmp_path / "shards.zarr"), config=config,
@@ -98,7 +64,7 @@ def test_glob_of_shards_is_one_dataset_in_shard_order_split_into_many_chunks(kin
 
 
 def test_list_of_archives_and_a_broken_member_becomes_one_failed_row(labelled_dir, tmp_path):
-    files = _files(labelled_dir)[:10] + [("class9/broken.jpg", b"\xff\xd8\xff not a jpeg")]
+    files = list(tree_bytes(labelled_dir).items())[:10] + [("class9/broken.jpg", b"\xff\xd8\xff not a jpeg")]
     a = make_archive("tar", files[:5], tmp_path, "a")
     b = make_archive("zip-deflate", files[5:], tmp_path, "b")
     report = presize([str(a), str(b)], str(tmp_path / "out.zarr"), sizes=[32], workers=0, progress=False)
@@ -107,7 +73,7 @@ def test_list_of_archives_and_a_broken_member_becomes_one_failed_row(labelled_di
 
 
 def test_member_bytes_read_without_spans_match_the_file(labelled_dir, tmp_path):
-    files = _files(labelled_dir)[:6]
+    files = list(tree_bytes(labelled_dir).items())[:6]
     for kind in ("tar", "tar.gz", "zip-deflate"):
         archive = make_archive(kind, files, tmp_path, name=f"x-{kind}")
         protocol = "zip" if kind.startswith("zip") else "tar"
@@ -119,7 +85,8 @@ def test_member_bytes_read_without_spans_match_the_file(labelled_dir, tmp_path):
 
 
 def test_members_outside_image_extensions_and_hidden_ones_are_left_out(tmp_path, labelled_dir):
-    files = _files(labelled_dir)[:3] + [("notes.txt", b"hello"), (".hidden/x.jpg", b"x"), ("dir/", b"")]
+    files = list(tree_bytes(labelled_dir).items())[:3]
+    files += [("notes.txt", b"hello"), (".hidden/x.jpg", b"x"), ("dir/", b"")]
     archive = make_archive("tar", files[:-1], tmp_path)
     listing = list_source(str(archive))
     assert list(listing.items["relpath"]) == [name for name, _ in files[:3]]
@@ -141,7 +108,7 @@ def test_bad_archive_sources_exit_2_naming_them(bad, message, tmp_path, cli_env)
 
 
 def test_resume_of_a_compressed_archive_only_redoes_missing_chunks(labelled_dir, tmp_path):
-    archive = make_archive("tar.gz", _files(labelled_dir), tmp_path)
+    archive = make_archive("tar.gz", tree_bytes(labelled_dir), tmp_path)
     config = imgtools.PresizeConfig.build(sizes=[32], chunk=16)
     dest = tmp_path / "out.zarr"
     presize(str(archive), str(dest), config=config, workers=0, progress=False)
@@ -155,10 +122,13 @@ def test_resume_of_a_compressed_archive_only_redoes_missing_chunks(labelled_dir,
 
 class CountingFileSystem(LocalFileSystem):
     """Local files under ``counting://``, remembering every file opened (to count passes over an
-    archive, and to see that each was closed)."""
+    archive, and to see that each was closed); ``passes`` are the paths opened other than by a ranged
+    read (``cat_ranges``): listings of an archive, and streams through a compressed one."""
 
     protocol = "counting"
     opened: list = []
+    passes: list = []
+    _in_ranges = threading.local()
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -168,18 +138,29 @@ class CountingFileSystem(LocalFileSystem):
     def _open(self, path, *args, **kwargs):
         f = super()._open(path, *args, **kwargs)
         self.opened.append((path, f))
+        if not getattr(self._in_ranges, "on", False):
+            self.passes.append(path)
         return f
+
+    def cat_ranges(self, *args, **kwargs):
+        self._in_ranges.on = True
+        try:
+            return super().cat_ranges(*args, **kwargs)
+        finally:
+            self._in_ranges.on = False
 
 
 @pytest.fixture
 def counting_fs():
-    """The ``counting://`` filesystem, registered, its record of opened files emptied."""
+    """The ``counting://`` filesystem, registered, its records of opened files emptied."""
     import fsspec
 
     fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
     CountingFileSystem.opened.clear()
+    CountingFileSystem.passes.clear()
     yield CountingFileSystem
     CountingFileSystem.opened.clear()
+    CountingFileSystem.passes.clear()
 
 
 def _opens(fs, path) -> list:
@@ -219,7 +200,7 @@ def test_a_stream_already_past_some_wanted_members_reads_them_all_on_a_fresh_pas
 def test_presize_reads_a_compressed_tar_once_across_its_chunks_and_closes_it(labelled_dir, tmp_path, counting_fs):
     from distributed import Client, LocalCluster
 
-    archive = make_archive("tar.gz", _files(labelled_dir), tmp_path)
+    archive = make_archive("tar.gz", tree_bytes(labelled_dir), tmp_path)
     config = imgtools.PresizeConfig.build(sizes=[16], chunk=16)  # 5 chunks: one task of them all on Dask
     presize(f"counting://{archive}", str(tmp_path / "here.zarr"), config=config, workers=0, progress=False)
     assert len(_opens(counting_fs, archive)) == 2  # listed, then read in one pass by one session
@@ -247,29 +228,43 @@ def test_a_folder_whose_name_holds_glob_characters_is_listed_as_a_folder(labelle
     assert len(list_source(str(folder))) == 80
 
 
-def _chunk_tasks(source, chunk: int) -> tuple[int, int]:
-    from imgtools.pipeline import _plan_chunks, _tasks  # the grouping itself: which chunks share a task
+def _chunks_tasks_passes(source: pathlib.Path | str, chunk: int, dest: pathlib.Path,
+                         counting_fs) -> tuple[int, int, int]:
+    """presize ``source`` (through ``counting://``) on a Dask cluster in this process: the chunks the run
+    did, the Dask tasks that did them (told apart by the partition each ran, as Dask's task stream
+    records them), and how often an archive was opened for reading through (its listing aside)."""
+    from distributed import Client, LocalCluster, get_task_stream
 
-    items = list_source(source).items
-    _, todo = _plan_chunks(items, chunk, pd.DataFrame({"chunk": [], "relpath": []}), True)
-    return len(todo), len(_tasks(todo, items, chunk))
+    counting_fs.passes.clear()
+    listed = len(list_source(f"counting://{source}"))
+    listings = len(counting_fs.passes)  # a presize lists its source as this did
+    counting_fs.passes.clear()
+    config = imgtools.PresizeConfig.build(sizes=[8], chunk=chunk)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client, get_task_stream(client) as stream:
+        report = presize(f"counting://{source}", str(dest), config=config, client=client, progress=False)
+    assert report.total == listed and report.failed == listed  # the members are not pictures: failed rows
+    partitions = {entry["key"][1] for entry in stream.data}
+    return report.chunks_done, len(partitions), len(counting_fs.passes) - listings
 
 
-def test_many_small_compressed_shards_run_side_by_side_and_one_big_one_in_one_pass(tmp_path):
+def test_many_small_compressed_shards_run_side_by_side_and_one_big_one_in_one_pass(tmp_path, counting_fs):
     files = [(f"c{i % 2}/{i:03d}.jpg", b"x%d" % i) for i in range(60)]
     for s in range(12):  # shards of 5 members, chunks of 8: every chunk starts less than a chunk into its shard
         make_archive("tar.gz", files[s * 5 : (s + 1) * 5], tmp_path, name=f"small-{s:02d}")
-    assert _chunk_tasks(str(tmp_path / "small-*.tar.gz"), 8) == (8, 8)
+    # a task per chunk, each opening the shards its chunk touches afresh: 18 streams over the 12 shards
+    assert _chunks_tasks_passes(tmp_path / "small-*.tar.gz", 8, tmp_path / "small.zarr", counting_fs) == (8, 8, 18)
     (tmp_path / "one").mkdir()
     big = make_archive("tar.gz", files, tmp_path / "one", name="big")
-    assert _chunk_tasks(str(big), 8) == (8, 1)  # decompressed once, front to back
-    assert _chunk_tasks(str(make_archive("tar", files, tmp_path / "one", name="plain")), 8) == (8, 8)
+    assert _chunks_tasks_passes(big, 8, tmp_path / "big.zarr", counting_fs) == (8, 1, 1)  # decompressed once
+    plain = make_archive("tar", files, tmp_path / "one", name="plain")  # ranged reads: no pass to go on with
+    assert _chunks_tasks_passes(plain, 8, tmp_path / "plain.zarr", counting_fs)[:2] == (8, 8)
 
 
 def test_the_same_path_in_two_shards_is_refused_for_files_and_kept_apart_in_arrays(labelled_dir, tmp_path):
     from imgtools.errors import ConfigError
 
-    files = [(name, data) for name, data in _files(labelled_dir) if name.endswith(".jpg")][:6]
+    files = [(name, data) for name, data in tree_bytes(labelled_dir).items() if name.endswith(".jpg")][:6]
     a = make_archive("tar", files, tmp_path, name="a")
     b = make_archive("tar", [(files[0][0], b"not an image")] + files[1:], tmp_path, name="b")
     with pytest.raises(ConfigError, match="would both be written to"):
@@ -289,7 +284,7 @@ def test_the_same_path_in_two_shards_is_refused_for_files_and_kept_apart_in_arra
 
 
 def test_an_archive_named_by_a_relative_path_is_listed_with_full_url_origins(labelled_dir, tmp_path, monkeypatch):
-    files = _files(labelled_dir)[:3]
+    files = list(tree_bytes(labelled_dir).items())[:3]
     make_archive("zip-stored", files, tmp_path, name="rel")
     monkeypatch.chdir(tmp_path)
     origins = list(list_source("rel.zip").items["origin"])
@@ -346,11 +341,8 @@ def test_a_local_archive_path_with_a_tilde_is_found(tmp_path, monkeypatch):
     assert list(list_source("~/home.tar").items["origin"]) == [f"tar://a/1.jpg::file://{tmp_path}/home.tar"]
 
 
-def test_members_read_without_spans_are_listed_once_whatever_their_names(tmp_path, monkeypatch):
-    from imgtools import archives
-
+def test_members_read_without_spans_are_listed_once_whatever_their_names(tmp_path, counting_fs):
     files = [("cls/café.jpg", b"accent"), ("cls/" + "long" * 40 + ".jpg", b"long name"), ("cls/plain.jpg", b"plain")]
-    real = archives._listing
     for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
         path = tmp_path / f"names-{fmt}.tar"
         with tarfile.open(path, "w", format=fmt) as tar:
@@ -358,12 +350,11 @@ def test_members_read_without_spans_are_listed_once_whatever_their_names(tmp_pat
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-        listings = []
-        monkeypatch.setattr(archives, "_listing",
-                            lambda fs, p, real=real, listings=listings: listings.append(p) or real(fs, p))
+        counting_fs.passes.clear()
         for _ in range(3):
-            assert read_bytes([f"tar://{name}::{path}" for name, _ in files]) == [d for _, d in files]
-        assert len(listings) == 1, (fmt, listings)
+            got = read_bytes([f"tar://{name}::counting://{path}" for name, _ in files])
+            assert got == [d for _, d in files]
+        assert counting_fs.passes == [str(path)], fmt  # one listing; the reads after it are ranged
 
 
 def test_a_zip_rewritten_shorter_is_listed_again_not_a_failure(tmp_path):

@@ -129,6 +129,7 @@ def test_module_and_console_script_agree_on_version(cli_env):
     ("endpoint_url=http://127.0.0.1:9000/a=b", ("endpoint_url", "http://127.0.0.1:9000/a=b")),
 ])
 def test_storage_option_values_stay_text_unless_json_is_asked_for(text, expected):
-    from imgtools.cli import _storage_option
+    from imgtools.cli import build_parser
 
-    assert _storage_option(text) == expected
+    args = build_parser().parse_args(["presize", "src", "dest", "--storage-option", text, "--storage-option", "x=y"])
+    assert args.storage_option == [expected, ("x", "y")]

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import imgtools
+from conftest import tree_bytes
 from imgtools.cluster import Placement, where_to_run
 from imgtools.config import PresizeConfig
 from imgtools.derive import derive
@@ -125,22 +126,18 @@ def test_negative_workers_are_refused():
         where_to_run(workers=-1)
 
 
-def _tree(root) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
-
-
 @pytest.mark.parametrize("entry", ["presize", "inspect", "derive"])
 def test_every_entry_point_refuses_a_bad_scheduler_before_touching_anything(entry, labelled_dir, tmp_path):
     dest = tmp_path / "o"
     if entry == "derive":
         imgtools.presize(str(labelled_dir), str(dest), sizes=[32], workers=0, progress=False)
-    before = _tree(tmp_path)
+    before = tree_bytes(tmp_path, dirs=True)
     calls = {"presize": lambda: imgtools.presize(str(labelled_dir), str(dest), scheduler="foo://nowhere"),
              "inspect": lambda: imgtools.inspect(str(tmp_path / "missing"), scheduler="foo://nowhere"),  # not listed
              "derive": lambda: derive(str(dest), "32x32", [16], scheduler="foo://nowhere")}
     with pytest.raises(ConfigError, match="foo://nowhere"):
         calls[entry]()
-    assert _tree(tmp_path) == before
+    assert tree_bytes(tmp_path, dirs=True) == before
 
 
 @pytest.mark.parametrize("entry", ["inspect", "derive"])

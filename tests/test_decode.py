@@ -154,38 +154,42 @@ JPEG_VARIANTS = {
 }
 
 
+def _refuse(*args, **kwargs):
+    """simplejpeg refusing a file: decode falls back to Pillow, as where simplejpeg is not installed."""
+    raise ValueError("refused by the test")
+
+
 @pytest.mark.parametrize("request_size", [None, (60, 40), (130, 90), (20, 20)])
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 @pytest.mark.parametrize("variant", list(JPEG_VARIANTS))
 def test_libjpeg_turbo_path_gives_pillows_pixels_at_every_draft_scale(variant, orientation, request_size, monkeypatch):
-    import imgtools.decode as decode_module
+    import simplejpeg
 
     img = Image.fromarray(gradient(251, 187, seed=orientation))
     data = encode(img, "JPEG", **JPEG_VARIANTS[variant]) if orientation == 1 else with_orientation(img, orientation)
     request = None if request_size is None else (lambda w, h: request_size)
     calls = []
-    real = decode_module._simplejpeg
+    real = simplejpeg.decode_jpeg
 
-    class Counting:  # the real decoder, counted: the fast path must be the one taken
-        def decode_jpeg(self, *args, **kwargs):
-            calls.append(1)
-            return real.decode_jpeg(*args, **kwargs)
+    def counting(*args, **kwargs):  # the real decoder, counted: the fast path must be the one taken
+        calls.append(1)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(decode_module, "_simplejpeg", Counting())
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", counting)
     fast = decode(data, CFG, request)
     assert calls
-    monkeypatch.setattr(decode_module, "_simplejpeg", None)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", _refuse)
     slow = decode(data, CFG, request)
     assert (fast.width, fast.height, fast.orientation) == (slow.width, slow.height, slow.orientation)
     np.testing.assert_array_equal(fast.pixels, slow.pixels)
 
 
 def test_grey_and_cmyk_jpegs_decode_to_the_same_rgb_by_either_path(monkeypatch):
-    import imgtools.decode as decode_module
+    import simplejpeg
 
     grey = encode(Image.fromarray(gradient(90, 70)[..., 0]), "JPEG")
     cmyk = encode(Image.fromarray(gradient(90, 70)).convert("CMYK"), "JPEG")
     fast = [decode(d, CFG).pixels for d in (grey, cmyk)]
-    monkeypatch.setattr(decode_module, "_simplejpeg", None)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", _refuse)
     for got, d in zip(fast, (grey, cmyk)):
         np.testing.assert_array_equal(got, decode(d, CFG).pixels)

@@ -12,15 +12,15 @@ import time
 import urllib.request
 
 import pytest
-from test_sinks import slow_source, tree_bytes  # noqa: F401 - the fixture is shared
 
 import imgtools
+from conftest import tree_bytes
 from imgtools.config import PresizeConfig
 
 CFG = PresizeConfig.build(sizes=[32, "48x40"], mode="crop", chunk=8)
 
 
-def test_killing_a_worker_mid_run_gives_output_identical_to_a_local_run(slow_source, tmp_path, dask_processes):  # noqa: F811 - the fixture imported above
+def test_killing_a_worker_mid_run_gives_output_identical_to_a_local_run(slow_source, tmp_path, dask_processes):
     from distributed import Client
 
     address, dash, workers = dask_processes

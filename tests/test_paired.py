@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_sinks import read_back
 
 import imgtools
-from conftest import encode
+from conftest import encode, read_back
 from imgtools.config import PresizeConfig
 
 N = 24

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 import zarr
 
 import imgtools
-from conftest import make_labelled
+from conftest import make_labelled, tree_bytes
 from imgtools.config import PresizeConfig
 from imgtools.engine import MANIFEST_COLUMNS
 from imgtools.errors import DestinationError
@@ -19,10 +18,6 @@ from imgtools.errors import DestinationError
 
 def _open(dest):
     return zarr.open_group(str(dest), mode="r")
-
-
-def _files(root: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_presize_writes_the_documented_zarr_layout(labelled_dir, tmp_path):
@@ -81,7 +76,7 @@ def test_dask_cluster_output_equals_in_process_output(labelled_dir, tmp_path, da
     imgtools.presize(str(labelled_dir), str(a), config=cfg, workers=0, progress=False)
     report = imgtools.presize(str(labelled_dir), str(b), config=cfg, client=dask_client, progress=False)
     assert report.chunks_done == 5
-    fa, fb = _files(a), _files(b)
+    fa, fb = tree_bytes(a), tree_bytes(b)
     fa.pop(".imgtools/job.json"), fb.pop(".imgtools/job.json")
     fa.pop("zarr.json"), fb.pop("zarr.json")  # the group attributes name the source
     assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
@@ -91,13 +86,13 @@ def test_rerun_resumes_only_missing_chunks_and_gives_identical_output(labelled_d
     cfg = PresizeConfig.build(sizes=[16], mode="crop", chunk=16)
     dest = tmp_path / "o"
     imgtools.presize(str(labelled_dir), str(dest), config=cfg, workers=0, progress=False)
-    before = _files(dest)
+    before = tree_bytes(dest)
     (dest / ".imgtools/chunks/0000002.parquet").unlink()  # as if the run died while writing chunk 2
     (dest / "16x16/images/c/2/0/0/0").unlink()
     (dest / "manifest.parquet").unlink()
     report = imgtools.presize(str(labelled_dir), str(dest), config=cfg, workers=0, progress=False)
     assert (report.chunks_done, report.chunks_resumed) == (1, 4)
-    assert _files(dest) == before
+    assert tree_bytes(dest) == before
 
 
 def test_changed_config_on_existing_dest_is_refused_naming_the_difference(labelled_dir, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -14,11 +13,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 from PIL import Image
 
 import imgtools
-from conftest import encode, gradient, psnr
+from conftest import encode, gradient, load_rgb, psnr, read_back, tree_bytes
 from imgtools.config import OutputFormat, PresizeConfig
 from imgtools.engine import process_image
 from imgtools.errors import DestinationError
@@ -26,33 +24,6 @@ from imgtools.sinks.files import output_relpath
 
 ALL = ["zarr", "npy", "jpeg", "png", "webp"]
 LOSSLESS = {"zarr", "npy", "png"}
-
-
-def read_back(dest: pathlib.Path, fmt: str, key: str) -> list[np.ndarray | None]:
-    """The stored image of every manifest row (None where there is none), whatever the form."""
-    m = pd.read_parquet(dest / "manifest.parquet")
-    ok = (m["status"] == "ok").to_numpy()
-    if fmt == "zarr":
-        arr = zarr.open_group(str(dest), mode="r")[f"{key}/images"][:]
-    elif fmt == "npy":
-        parts = sorted((dest / key).glob("part-*.npy"))
-        arr = np.concatenate([np.load(p, mmap_mode="r") for p in parts])
-        assert np.load(dest / "ok.npy").tolist() == ok.tolist()
-    else:
-        return [_load(dest / key / output_relpath(r, OutputFormat(fmt))) if k else None
-                for r, k in zip(m["relpath"], ok)]
-    assert len(arr) == len(m)
-    assert not arr[~ok].any()
-    return [a if k else None for a, k in zip(arr, ok)]
-
-
-def _load(path: pathlib.Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
-
-
-def tree_bytes(root: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("fmt", ALL)
@@ -84,7 +55,7 @@ def test_image_file_sinks_take_variable_sizes(labelled_dir, tmp_path, fmt, mode,
     key = f"{'short' if mode == 'shortest' else 'long'}{side}"
     m = pd.read_parquet(dest / "manifest.parquet")
     for rel, w, h in zip(m["relpath"], m["width"], m["height"]):
-        out_h, out_w = _load(dest / key / output_relpath(rel, OutputFormat(fmt))).shape[:2]
+        out_h, out_w = load_rgb(dest / key / output_relpath(rel, OutputFormat(fmt))).shape[:2]
         assert (min if mode == "shortest" else max)(out_w, out_h) == side
         assert abs(out_w / out_h - w / h) < 0.05 * max(w / h, 1)
 
@@ -99,7 +70,7 @@ def test_image_needing_no_resize_in_the_target_format_is_copied_not_reencoded(tm
     cfg = PresizeConfig.build(sizes=[100], mode="longest", format="jpeg", only_if_bigger=True)
     imgtools.presize(str(src), str(tmp_path / "o"), config=cfg, workers=0, progress=False)
     assert (tmp_path / "o/long100/small.jpg").read_bytes() == small
-    assert _load(tmp_path / "o/long100/big.jpg").shape == (75, 100, 3)
+    assert load_rgb(tmp_path / "o/long100/big.jpg").shape == (75, 100, 3)
     # small.png becomes small.png.jpg beside the copied small.jpg, never over it
     assert sorted(p.name for p in (tmp_path / "o/long100").iterdir()) == ["big.jpg", "small.jpg", "small.png.jpg"]
 
@@ -187,18 +158,6 @@ def _run_cli(args, **kw):
                             stderr=subprocess.DEVNULL, start_new_session=True, **kw)
 
 
-@pytest.fixture(scope="module")
-def slow_source(tmp_path_factory):
-    """Enough real work (200 photos-sized JPEGs) that a run can be killed part-way."""
-    root = tmp_path_factory.mktemp("slow")
-    rng = np.random.default_rng(0)
-    for i in range(200):
-        arr = gradient(900, 700, seed=i) // 2 + rng.integers(0, 120, (700, 900, 3), dtype=np.uint8)
-        (root / f"c{i % 3}").mkdir(exist_ok=True)
-        (root / f"c{i % 3}" / f"img{i:03d}.jpg").write_bytes(encode(Image.fromarray(arr), "JPEG"))
-    return root
-
-
 @pytest.mark.parametrize("fmt,workers", [("zarr", "0"), ("npy", "0"), ("jpeg", "0"), ("zarr", "2")])
 def test_sigkill_part_way_then_rerun_gives_identical_output(slow_source, tmp_path, fmt, workers):
     args = ["presize", slow_source, None, "--size", "32", "--size", "48x40", "--format", fmt, "--chunk", "8",
@@ -278,7 +237,7 @@ def test_png_with_a_transparent_colour_is_reencoded_not_copied(tmp_path):
     (tmp_path / "src" / "t.png").write_bytes(encode(Image.fromarray(rgb), "PNG", transparency=(0, 0, 0)))
     cfg = PresizeConfig.build(sizes=[100], mode="longest", format="png", only_if_bigger=True)
     imgtools.presize(str(tmp_path / "src"), str(tmp_path / "o"), config=cfg, workers=0, progress=False)
-    assert _load(tmp_path / "o" / "long100" / "t.png")[0, 0].tolist() == [255, 255, 255]  # over the background
+    assert load_rgb(tmp_path / "o" / "long100" / "t.png")[0, 0].tolist() == [255, 255, 255]  # over the background
 
 
 def test_a_zarr_chunk_write_cut_short_by_a_kill_leaves_no_temporary_file_after_the_rerun(labelled_dir, tmp_path):

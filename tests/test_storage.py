@@ -3,6 +3,7 @@ on 127.0.0.1, also through a proxy that injects faults; listing without a reques
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import signal
@@ -13,8 +14,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 import imgtools
+from conftest import flip_last_byte, make_archive, tree_bytes
 from imgtools import presize
 from imgtools.errors import SourceError
 from imgtools.sources import list_source
@@ -30,20 +33,15 @@ def _upload(server, local: pathlib.Path, url: str) -> None:
     fs.put(str(local) + "/", url.split("://", 1)[1] + "/", recursive=True)
 
 
-def _tree(fs, root: str) -> dict[str, bytes]:
+def _arrays(fs, root: str) -> dict[str, bytes]:
     """relpath -> bytes of every array chunk object and array metadata of an output (the manifest and
     attributes name their source and differ by origin only; they are compared apart)."""
-    root = root.rstrip("/")
-    paths = [p for p in fs.find(root) if not posixpath_part(p, root).startswith((".imgtools", "manifest", "imgtools"))]
-    return {posixpath_part(p, root): fs.cat_file(p) for p in paths if not posixpath_part(p, root) == "zarr.json"}
-
-
-def posixpath_part(path: str, root: str) -> str:
-    return path[len(root) :].lstrip("/")
+    return {rel: data for rel, data in tree_bytes(root, fs).items()
+            if not rel.startswith((".imgtools", "manifest", "imgtools")) and rel != "zarr.json"}
 
 
 def _assert_same_run(fs_a, root_a, fs_b, root_b) -> None:
-    a, b = _tree(fs_a, root_a), _tree(fs_b, root_b)
+    a, b = _arrays(fs_a, root_a), _arrays(fs_b, root_b)
     assert a.keys() == b.keys() and len(a) > 3
     assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
     ma = pd.read_parquet(fs_a.open(f"{root_a}/manifest.parquet")).drop(columns="origin")
@@ -106,10 +104,8 @@ def test_listing_a_prefix_takes_a_request_per_page_not_per_object(bucket):
 def test_archive_shards_in_a_bucket_are_read_in_place_through_a_faulty_connection(bucket, labelled_dir, tmp_path,
                                                                                   local_run):
     """Listing the shards and the ranged reads of their members meet 503s and dropped connections."""
-    from test_archives import _files, make_archive
-
     url, options, server = bucket
-    files = _files(labelled_dir)
+    files = list(tree_bytes(labelled_dir).items())
     for s, kind in enumerate(["tar", "tar.gz", "zip-deflate"]):
         path = make_archive(kind, files[s * 27 : (s + 1) * 27], tmp_path, name=f"train-{s}")
         server.filesystem().put(str(path), f"{url.split('://')[1]}/shards/train-{s}.{path.name.split('.', 1)[1]}")
@@ -162,8 +158,7 @@ def test_sync_copies_between_any_two_places_and_skips_what_is_there(gcs_server, 
     assert to_s3.copied == 80
     back = tmp_path / "back"
     sync(s3, str(back), s3_server.options(), dst_storage_options={}, progress=False)
-    original = {p.relative_to(labelled_dir): p.read_bytes() for p in labelled_dir.rglob("*") if p.is_file()}
-    assert {p.relative_to(back): p.read_bytes() for p in back.rglob("*") if p.is_file()} == original
+    assert tree_bytes(back) == tree_bytes(labelled_dir)
 
     # a re-run copies nothing; a file changed in place (same size) is found by its checksum
     changed = labelled_dir / "class1" / "img004.png"
@@ -193,8 +188,7 @@ def test_local_to_local_sync_resumes_after_a_partial_copy(labelled_dir, tmp_path
     victims[1].write_bytes(victims[1].read_bytes()[:10])  # a copy cut short
     again = sync(str(labelled_dir), str(dst), progress=False)
     assert first.copied == 80 and (again.copied, again.skipped) == (2, 78)
-    assert np.all([(dst / p.relative_to(labelled_dir)).read_bytes() == p.read_bytes()
-                   for p in labelled_dir.rglob("*") if p.is_file()])
+    assert tree_bytes(dst) == tree_bytes(labelled_dir)
 
 
 def test_sync_records_a_file_it_cannot_write_as_a_failure_and_copies_the_rest(labelled_dir, tmp_path, cli_env):
@@ -208,28 +202,42 @@ def test_sync_records_a_file_it_cannot_write_as_a_failure_and_copies_the_rest(la
     assert run.returncode == 1 and "Traceback" not in run.stderr and "class0/img000.jpg" in run.stdout + run.stderr
 
 
-def test_sync_compares_files_by_md5_read_in_blocks(labelled_dir, tmp_path):
-    import hashlib
+class StatedMd5FileSystem(LocalFileSystem):
+    """Local files under ``md5://`` whose listing states each file's MD5 as its ``ETag``, as S3's does."""
 
+    protocol = "md5"
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        return super()._strip_protocol(path[len("md5://"):] if path.startswith("md5://") else path)
+
+    def info(self, path, **kwargs):
+        info = super().info(path, **kwargs)
+        if info["type"] == "file":
+            with open(info["name"], "rb") as f:
+                info["ETag"] = hashlib.md5(f.read()).hexdigest()
+        return info
+
+
+def test_sync_compares_same_size_files_by_their_md5_computed_where_no_listing_states_one(labelled_dir, tmp_path):
     import fsspec
 
-    from imgtools.sync import _md5
-
+    fsspec.register_implementation("md5", StatedMd5FileSystem, clobber=True)
     path = labelled_dir / "class2" / "img001.png"
-    assert _md5(fsspec.filesystem("file"), str(path)) == hashlib.md5(path.read_bytes()).hexdigest()
     dst = tmp_path / "copy"
     sync(str(labelled_dir), str(dst), progress=False)
     same_size = dst / "class2" / "img001.png"
-    data = bytearray(same_size.read_bytes())
-    data[-1] ^= 0xFF  # same size, other content: only the checksum tells
-    same_size.write_bytes(bytes(data))
-    again = sync(str(labelled_dir), str(dst), progress=False)
+    flip_last_byte(same_size)  # same size, other content: only the checksum tells
+    # the MD5 sync computes for SRC against the real one the listing of DST states: equal but for the changed file
+    stated = sync(str(labelled_dir), f"md5://{dst}", progress=False)
+    assert (stated.copied, stated.skipped) == (1, 79) and same_size.read_bytes() == path.read_bytes()
+    flip_last_byte(same_size)
+    again = sync(str(labelled_dir), str(dst), progress=False)  # computed on both sides
     assert (again.copied, again.skipped) == (1, 79) and same_size.read_bytes() == path.read_bytes()
 
 
 def test_listing_a_tar_in_a_bucket_reads_its_headers_not_its_members(bucket, tmp_path):
-    from test_archives import make_archive
-
     url, options, server = bucket
     rng = np.random.default_rng(0)
     files = [(f"big/{i}.jpg", rng.integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()) for i in range(5)]

@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pathlib
 
 import pytest
 
+from conftest import flip_last_byte, tree_bytes
 from imgtools.errors import ConfigError, SourceError, StorageError
 from imgtools.sync import STREAM_ABOVE, SyncReport, sync
-
-
-def files_of(root: pathlib.Path) -> dict[str, bytes]:
-    """relpath -> bytes of every file under ``root``."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def flip_last_byte(path: pathlib.Path) -> None:
-    """Change ``path`` in place without changing its size: only a checksum can tell."""
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("parallel", [1, 3])
@@ -33,9 +21,9 @@ def test_sync_into_an_empty_folder_copies_every_file_byte_for_byte(labelled_dir,
     report = sync(str(labelled_dir), str(dst), batch=batch, parallel=parallel, progress=False)
     assert isinstance(report, SyncReport)
     assert (report.total, report.copied, report.skipped, report.failed) == (80, 80, 0, 0)
-    assert report.bytes_copied == sum(len(data) for data in files_of(labelled_dir).values())
+    assert report.bytes_copied == sum(len(data) for data in tree_bytes(labelled_dir).values())
     assert report.failures.empty and list(report.failures.columns) == ["path", "error"]
-    assert files_of(dst) == files_of(labelled_dir)
+    assert tree_bytes(dst) == tree_bytes(labelled_dir)
     assert "80 files: 80 copied, 0 already there, 0 failed; " in str(report) and str(dst) in str(report)
 
 
@@ -52,7 +40,7 @@ def test_a_second_sync_copies_only_the_new_and_changed_files(labelled_dir, tmp_p
     again = sync(str(labelled_dir), str(dst), progress=False)
     assert (again.total, again.copied, again.skipped, again.failed) == (81, 2, 79, 0)
     assert again.bytes_copied == changed.stat().st_size + len(b"a new file")
-    assert files_of(dst) == files_of(labelled_dir)
+    assert tree_bytes(dst) == tree_bytes(labelled_dir)
 
 
 def test_files_already_there_with_the_same_size_and_md5_are_skipped_not_written_again(labelled_dir, tmp_path):
@@ -70,7 +58,7 @@ def test_a_file_as_src_is_copied_into_dst_under_its_name(labelled_dir, tmp_path)
     one = labelled_dir / "class0" / "img001.png"
     report = sync(str(one), str(tmp_path / "dst"), progress=False)
     assert (report.total, report.copied) == (1, 1)
-    assert files_of(tmp_path / "dst") == {"img001.png": one.read_bytes()}
+    assert tree_bytes(tmp_path / "dst") == {"img001.png": one.read_bytes()}
 
 
 @pytest.mark.parametrize("batch", [1, 6, 64])
@@ -81,11 +69,12 @@ def test_a_refused_file_is_a_failure_row_the_rest_are_copied_and_a_rerun_finishe
     assert (report.total, report.copied, report.failed) == (80, 79, 1)
     assert report.failures["path"].tolist() == ["class1/img003.jpg"]
     assert report.failures["error"][0].startswith("write failed: ")
-    assert report.bytes_copied == sum(len(d) for rel, d in files_of(labelled_dir).items() if rel != "class1/img003.jpg")
+    copied = {rel: data for rel, data in tree_bytes(labelled_dir).items() if rel != "class1/img003.jpg"}
+    assert report.bytes_copied == sum(len(data) for data in copied.values())
     (dst / "class1" / "img003.jpg").rmdir()
     again = sync(str(labelled_dir), str(dst), progress=False)
     assert (again.copied, again.skipped, again.failed) == (1, 79, 0)
-    assert files_of(dst) == files_of(labelled_dir)
+    assert tree_bytes(dst) == tree_bytes(labelled_dir)
 
 
 def test_a_file_that_cannot_be_read_is_a_failure_row_the_rest_are_copied(labelled_dir, tmp_path):
@@ -122,7 +111,7 @@ def test_a_file_above_the_stream_threshold_is_streamed_across(labelled_dir, tmp_
         assert report.failures["error"][0].startswith("copy failed: ")
     else:
         assert (report.copied, report.failed) == (81, 0) and report.bytes_copied > STREAM_ABOVE
-        assert files_of(dst) == files_of(labelled_dir)
+        assert tree_bytes(dst) == tree_bytes(labelled_dir)
 
 
 @pytest.mark.parametrize("side,fault", [("src", "cat_ranges"), ("src", "open"), ("dst", "open"), ("dst", "pipe_file")])
@@ -139,7 +128,7 @@ def test_transient_faults_are_retried_and_nothing_is_lost(labelled_dir, tmp_path
     report = sync(src, dst, batch=16, progress=False)
     assert flaky_fs.faults[fault] == 0  # the faults were met
     assert report.failed == 0 and report.copied == (2 if side == "dst" else 80)
-    assert files_of(tmp_path / "dst") == files_of(labelled_dir)
+    assert tree_bytes(tmp_path / "dst") == tree_bytes(labelled_dir)
 
 
 def test_an_outage_stops_the_sync_and_a_rerun_copies_only_what_is_left(labelled_dir, tmp_path, flaky_fs):
@@ -154,7 +143,7 @@ def test_an_outage_stops_the_sync_and_a_rerun_copies_only_what_is_left(labelled_
     flaky_fs.faults["pipe_file"] = 0
     report = sync(str(labelled_dir), f"flaky://{dst}", progress=False)
     assert (report.copied, report.skipped, report.failed) == (2, 78, 0)
-    assert files_of(dst) == files_of(labelled_dir)
+    assert tree_bytes(dst) == tree_bytes(labelled_dir)
 
 
 @pytest.mark.parametrize("batch,parallel", [(0, 4), (64, 0), (-1, -1)])

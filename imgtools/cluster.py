@@ -3,15 +3,22 @@ a dashboard link that works where the notebook or shell runs.
 
 Every entry point (``presize``, ``derive``, ``inspect``) decides with :func:`where_to_run`; this module is
 the only one that reads ``$DASK_SCHEDULER_ADDRESS`` (:func:`scheduler_address`).
+
+The workers of a local cluster that imgtools starts load this module as their preload (:func:`dask_setup`):
+each imports the per-image code and loads (or compiles) the resampling kernels in a thread while the
+cluster is still starting and the client plans, and leaves without the interpreter's teardown once closed.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import sys
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Self
@@ -22,7 +29,8 @@ from .memory import WORKER_ENV_OVERRIDES
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["where_to_run", "Placement", "get_client", "current_client", "scheduler_address", "dashboard_link"]
+__all__ = ["where_to_run", "Placement", "get_client", "current_client", "scheduler_address", "dashboard_link",
+           "dask_setup", "dask_teardown"]
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
@@ -94,8 +102,54 @@ def _local_cluster(workers: int | None) -> Client:
     import dask
 
     with dask.config.set(WORKER_ENV_OVERRIDES):  # and so the nanny leaves this process's environment alone
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787")
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787",
+                               preload=[__name__])  # dask_setup below, in each worker
     return Client(cluster)
+
+
+_closed = threading.Event()
+
+
+def _warm() -> None:
+    """Import what a presize task unpickles and run the resampler once on a tiny image: Numba's start-up
+    (about 0.6 s a process) and the kernels' loading, or their compiling on a machine's first run, happen
+    here, while the cluster starts, not in the first task. The signatures are those of every real image."""
+    try:
+        import numpy as np
+
+        from . import pipeline  # noqa: F401  (what presize's tasks unpickle)
+        from .config import PresizeConfig
+        from .resize import resize_all
+
+        resize_all(np.zeros((8, 8, 3), np.uint8), PresizeConfig.build(sizes=[4]), (8, 8))
+    except Exception:  # pragma: no cover - only ever a head start: the first task does the same and reports
+        logging.getLogger(__name__).debug("warming the worker failed", exc_info=True)
+
+
+def _exit_without_teardown() -> None:
+    """At exit of a worker that closed normally: run the other exit handlers, flush, and leave without the
+    interpreter's teardown of its modules (1.5-4 s for a worker that loaded pandas, zarr and Numba, which
+    the nanny, and so closing the cluster, waits for)."""
+    if not _closed.is_set():  # it died or failed: the usual exit, with its exit code
+        return
+    atexit.unregister(_exit_without_teardown)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
+def dask_setup(worker) -> None:
+    """Dask worker preload of imgtools' local clusters (``preload=["imgtools.cluster"]``): start warming
+    the process (:func:`_warm`, in a thread: the worker registers meanwhile) and make its exit quick."""
+    atexit.register(_exit_without_teardown)
+    threading.Thread(target=_warm, name="imgtools-warm", daemon=True).start()
+
+
+def dask_teardown(worker) -> None:
+    """The worker is closing normally: its process may then leave without the interpreter's teardown."""
+    _closed.set()
 
 
 def get_client(scheduler: str | None = None, workers: int | None = None, show: bool = False) -> Client:

@@ -1,14 +1,21 @@
 """Numba pixel kernels, each with a plain NumPy reference (``*_ref``) that the tests hold it to.
 
-Layouts are channel-last (``HWC``) unless a name says otherwise. The kernels compile lazily on first use
-and are cached on disk (``cache=True``), so a worker pays the compilation once per machine, not per task.
+Layouts are channel-last (``HWC``) unless a name says otherwise. Importing this module imports no Numba:
+each kernel is made a Numba function on its first call (:func:`jit`), which compiles it for the argument
+types of that call or loads it from the on-disk cache (``cache=True``), so a process pays only for the
+kernels it runs, and a machine compiles each of them once. Where that cache lives is decided when
+``imgtools`` is imported (``imgtools._numba_cache_dir``): the package's ``__pycache__`` when it is writable
+(Numba's default), else ``$NUMBA_CACHE_DIR`` pointed at ``$XDG_CACHE_HOME/imgtools/numba`` (``~/.cache``), or
+at a per-user folder in the temp dir, so a read-only site-packages still compiles once.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import sys
+from collections.abc import Callable
 
-import numba
 import numpy as np
 
 __all__ = [
@@ -23,9 +30,44 @@ __all__ = [
     "normalize_ref",
     "hwc_to_chw",
     "chw_to_hwc",
+    "jit",
 ]
 
-_jit = numba.njit(cache=True, nogil=True)
+
+def jit(func: Callable | None = None, **options) -> Callable:
+    """``numba.njit(cache=True, nogil=True, **options)``, applied on the function's first call, not at import.
+
+    The stand-in replaces itself in its module's namespace with the Numba dispatcher on that call, so
+    calls from module code reach the dispatcher directly from then on; a reference taken before keeps
+    working through the stand-in (``.dispatcher`` holds the dispatcher once made).
+
+    Examples
+    --------
+    >>> import imgtools.kernels as k
+    >>> _ = k.u16_to_u8(np.zeros(1, np.uint16))  # the first call made the dispatcher
+    >>> type(k._u16_to_u8).__name__
+    'CPUDispatcher'
+    """
+    if func is None:
+        return functools.partial(jit, **options)
+    namespace = sys.modules[func.__module__].__dict__ if func.__module__ in sys.modules else None
+
+    @functools.wraps(func)
+    def first_call(*args):
+        dispatcher = first_call.dispatcher
+        if dispatcher is None:
+            import numba
+
+            dispatcher = first_call.dispatcher = numba.njit(cache=True, nogil=True, **options)(func)
+            if namespace is not None and namespace.get(func.__name__) is first_call:
+                namespace[func.__name__] = dispatcher
+        return dispatcher(*args)
+
+    first_call.dispatcher = None
+    return first_call
+
+
+_jit = jit
 
 
 class ChannelLayout(enum.Enum):

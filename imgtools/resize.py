@@ -2,6 +2,9 @@
 
 A :class:`Plan` says which box of the source is resampled to which size and where that lands on the
 output canvas; the same plan tells the decoder how much resolution it may drop (:func:`draft_request`).
+
+The resampler (:mod:`imgtools.resample`, Numba) is imported on the first resize, not with this module: a
+client that only plans and gathers (the CLI, ``presize`` on a cluster) never loads Numba.
 """
 
 from __future__ import annotations
@@ -12,12 +15,9 @@ import math
 import numpy as np
 from PIL import Image
 
-from .config import PresizeConfig, Resample, ResizeMode, Size
-from .resample import Filter, resample
+from .config import PresizeConfig, ResizeMode, Size
 
 __all__ = ["Plan", "plan", "draft_request", "resize", "resize_all", "is_identity", "resize_mask", "transform_points"]
-
-_FILTERS = {Resample.LANCZOS: Filter.LANCZOS, Resample.BICUBIC: Filter.BICUBIC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,9 @@ def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig,
     if p.scaled == (width, height) and box == (0.0, 0.0, float(width), float(height)):
         out = pixels
     else:
-        out = resample(pixels, box, p.scaled, _FILTERS[config.resample])
+        from .resample import Filter, resample  # here, not at the top: see the module's docstring
+
+        out = resample(pixels, box, p.scaled, Filter[config.resample.name])
     if p.scaled == p.canvas:
         return out
     canvas = np.empty((p.canvas[1], p.canvas[0], 3), np.uint8)

@@ -19,11 +19,11 @@ import pandas as pd
 from ._version import __version__
 from .cluster import Placement, dashboard_link, where_to_run
 from .config import Compression, PresizeConfig, Size
-from .engine import manifest_frame, process_chunk, process_one
+from .engine import process_chunk, process_one
 from .errors import ConfigError
 from .memory import tune_allocator
 from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks
-from .schema import OutputInfo, Status, ok_mask
+from .schema import OutputInfo, Status
 from .sinks import make_sink
 from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of
 
@@ -190,37 +190,37 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     sink = make_sink(dest, config, storage_options)
     done = sink.prepare(items, _job(config, items), overwrite=overwrite)
     with sink.ledger.lock.hold():  # a heartbeat; a run whose lock was taken over cannot complete DEST
-        parts, todo = plan_chunks(items, config.chunk, done, sink.positional)
+        finished, todo = plan_chunks(items, config.chunk, done, sink.positional)
         bar = _progress(len(items), progress)
-        bar.update(sum(len(rows) for rows in parts.values()))
+        bar.update(sum(len(rows) for rows in finished.values()))
         with where.client(len(todo)) as dask_client:
-            if dask_client is not None:
-                parts.update(_run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress))
+            if dask_client is not None:  # tasks report counts; their rows stay in the markers they wrote
+                _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress)
             else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
                 with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
                     for job in todo:
-                        parts[job.index] = process_chunk(job.items, job.index, config, sink, job.reuse,
-                                                         session=session)
+                        process_chunk(job.items, job.index, config, sink, job.reuse, session=session)
                         bar.update(len(job.items))
         bar.close()
-        manifest = manifest_frame(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
-        if len(manifest) != len(items) or not (manifest["index"].to_numpy() == items["index"].to_numpy()).all():
-            raise RuntimeError(f"internal error: {len(manifest)} manifest rows for {len(items)} inputs")
         earlier = OutputInfo.from_attrs(sink.read_attrs()) if done.size else None
         derived = earlier.derived if earlier is not None else {}  # sizes `imgtools derive` added stay listed
         info = OutputInfo(version=__version__, config=config.to_dict(), n=len(items),
                           label_names=list(listing.label_names), source=listing.source,
                           sizes=config.size_keys + [k for k in derived if k not in config.size_keys], derived=derived)
-        sink.finalize(manifest, info.to_attrs())
-    failed = manifest[~ok_mask(manifest)][["index", "origin", "error"]].reset_index(drop=True)
+        chunks = len(finished) + len(todo)
+        tally = sink.finalize((finished[k] if k in finished else sink.ledger.read_marker(k) for k in range(chunks)),
+                              info.to_attrs())  # the manifest, chunk after chunk, from the done markers
+    if tally.rows != len(items):
+        raise RuntimeError(f"internal error: {tally.rows} manifest rows for {len(items)} inputs")
+    failed = tally.failed.reset_index(drop=True)
     processed = sum(len(job.items) - (0 if job.reuse is None else len(job.reuse)) for job in todo)
     return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed), failed=len(failed),
                          seconds=time.perf_counter() - started, chunks_done=len(todo),
-                         chunks_resumed=len(parts) - len(todo), processed=processed,
+                         chunks_resumed=len(finished), processed=processed,
                          sizes=tuple(config.size_keys), failures=failed)
 
 
-def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> dict[int, pd.DataFrame]:
+def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> None:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
 
@@ -238,28 +238,24 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
         with contextlib.suppress(Exception):  # ipywidgets missing: the text bar below still reports
             dask_progress(futures, notebook=True, multi=False)
     task_of = {f.key: task for f, task in zip(futures, tasks)}
-    out: dict[int, pd.DataFrame] = {}
     try:
         for future in as_completed(futures, loop=dask_client.loop):
             try:
-                pairs = [pair for group in future.result() for pair in group]
+                counts = [n for group in future.result() for n in group]
             except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
-                pairs = [_isolate(dask_client, chunk, config, storage_options, sink, bar)
-                         for chunk in task_of[future.key]]
-            for index, rows in pairs:
-                out[index] = rows
-                bar.update(len(rows))
+                counts = [_isolate(dask_client, chunk, config, storage_options, sink, bar)
+                          for chunk in task_of[future.key]]
+            bar.update(sum(counts))
     finally:
         dask_client.cancel(futures)
-    return out
 
 
-def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options) -> list[tuple[int, pd.DataFrame]]:
-    """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them)."""
+def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options) -> list[int]:
+    """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them); the
+    number of rows of each (the rows themselves are in the chunks' done markers)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
     with reading(storage_options) as session:
-        return [(job.index, process_chunk(job.items, job.index, config, sink, job.reuse, session=session))
-                for job in task]
+        return [len(process_chunk(job.items, job.index, config, sink, job.reuse, session=session)) for job in task]
 
 
 def _in_notebook() -> bool:
@@ -282,7 +278,7 @@ def _failed_rows(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
                          "mode": None})
 
 
-def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> tuple[int, pd.DataFrame]:
+def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> int:
     """Run a chunk whose task killed its workers again and again: each image alone, then the chunk
     without the images that kill workers, which become failed rows with that reason."""
     from distributed import KilledWorker, wait
@@ -298,11 +294,11 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
     killers = _failed_rows(suspects[killed], "the decoder crashed its worker process on every try")
     reuse = killers if reuse is None else pd.concat([reuse, killers], ignore_index=True)
     try:
-        rows = dask_client.submit(_run_task, [ChunkJob(index, part, reuse if len(reuse) else None)], config, sink,
-                                  storage_options, pure=False, retries=2).result()[0][1]
+        n = dask_client.submit(_run_task, [ChunkJob(index, part, reuse if len(reuse) else None)], config, sink,
+                               storage_options, pure=False, retries=2).result()[0]
     except KilledWorker:  # not one file alone: give up on the chunk's images, keep the run
         rest = _failed_rows(suspects[~suspects["relpath"].isin(killers["relpath"])],
                             "the worker died while processing this image's chunk")
-        rows = dask_client.submit(_run_task, [ChunkJob(index, part, pd.concat([reuse, rest], ignore_index=True))],
-                                  config, sink, storage_options, pure=False).result()[0][1]
-    return index, rows
+        n = dask_client.submit(_run_task, [ChunkJob(index, part, pd.concat([reuse, rest], ignore_index=True))],
+                               config, sink, storage_options, pure=False).result()[0]
+    return n

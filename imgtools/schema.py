@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["Status", "MANIFEST_COLUMNS", "COORDINATE_KINDS", "ATTRS_KEY", "OutputInfo", "ok_mask",
-           "coordinate_column", "parse_coordinate_column"]
+           "coordinate_column", "parse_coordinate_column", "ManifestTally"]
 
 
 class Status(str, enum.Enum):
@@ -45,6 +46,64 @@ def ok_mask(rows: pd.DataFrame) -> np.ndarray:
     [True, False]
     """
     return (rows["status"] == Status.OK.value).to_numpy()
+
+
+class ManifestTally:
+    """What a manifest holds, counted as its rows go by part after part (:meth:`count`): ``ok`` and
+    ``labels`` of every row (5 bytes a row), the ``failed`` rows (``index``, ``origin``, ``error``), and a
+    check that the rows come in index order, each once.
+
+    Examples
+    --------
+    >>> tally = ManifestTally()
+    >>> parts = [pd.DataFrame({"index": [0, 1], "origin": ["a", "b"], "status": ["ok", "failed"],
+    ...                        "error": [None, "bad"], "label_id": [0, 1]})]
+    >>> _ = list(tally.count(parts))
+    >>> tally.rows, tally.ok.tolist(), tally.failed["error"].tolist()
+    (2, [True, False], ['bad'])
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._ok: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._failed: list[pd.DataFrame] = []
+
+    def count(self, parts: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """Each part as it is, counted on the way.
+
+        Raises
+        ------
+        RuntimeError
+            A part's rows do not carry on the index where the part before stopped.
+        """
+        for rows in parts:
+            index = rows["index"].to_numpy()
+            if not np.array_equal(index, np.arange(self.rows, self.rows + len(rows))):
+                raise RuntimeError(f"internal error: manifest rows from {index[:1].tolist()} where {self.rows} "
+                                   "comes next")
+            ok = ok_mask(rows)
+            self._ok.append(ok)
+            self._labels.append(rows["label_id"].to_numpy(np.int32))
+            if not ok.all():
+                self._failed.append(rows.loc[~ok, ["index", "origin", "error"]])
+            self.rows += len(rows)
+            yield rows
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.concatenate(self._ok) if self._ok else np.zeros(0, bool)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.concatenate(self._labels) if self._labels else np.zeros(0, np.int32)
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        if not self._failed:
+            return pd.DataFrame({"index": pd.Series([], dtype="int64"), "origin": pd.Series([], dtype="string"),
+                                 "error": pd.Series([], dtype="string")})
+        return pd.concat(self._failed, ignore_index=True)
 
 
 def coordinate_column(kind: str, size_key: str) -> str:

@@ -14,6 +14,7 @@ import abc
 import dataclasses
 import json
 import posixpath
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +23,7 @@ import pandas as pd
 from ..config import OutputFormat, PresizeConfig
 from ..errors import UnsupportedError
 from ..location import Location
-from ..schema import ok_mask
+from ..schema import ManifestTally, ok_mask
 from .ledger import ATTRS_FILE, JOB_FILE, LOCK_FILE, LOCK_TTL, MANIFEST, MARKER_DIR, RunLedger
 
 __all__ = ["Chunk", "Sink", "write_files", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "ATTRS_FILE", "LOCK_TTL"]
@@ -118,12 +119,15 @@ class Sink(abc.ABC):
         first); touches nothing."""
         self._check_items(items)
 
-    def finalize(self, manifest: pd.DataFrame, attrs: dict[str, Any]) -> None:
-        """Write what this form derives from the manifest, ``manifest.parquet``, then the attributes:
-        an output is complete when its manifest exists."""
-        self._finalize(manifest)
-        self.ledger.write_manifest(manifest)
+    def finalize(self, parts: Iterable[pd.DataFrame], attrs: dict[str, Any]) -> ManifestTally:
+        """Write ``manifest.parquet`` from its rows given part by part, in order (chunk by chunk: memory
+        bounded whatever the length), what this form derives from it, then the attributes: the output is
+        then complete. Returns the tally of the rows (ok and label of each, the failed ones)."""
+        tally = ManifestTally()
+        self.ledger.write_manifest(tally.count(parts))
+        self._finalize(tally.ok, tally.labels)
         self.write_attrs(attrs)
+        return tally
 
     def take_lock(self) -> None:
         """The run lock's heartbeat (see :meth:`RunLedger.take_lock`)."""
@@ -182,5 +186,6 @@ class Sink(abc.ABC):
     def _write(self, chunk: Chunk) -> None:
         """Write the data of one chunk (idempotent: writing it twice gives the same bytes)."""
 
-    def _finalize(self, manifest: pd.DataFrame) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Write what this form keeps beside the manifest, once every chunk is written."""
+    def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Write what this form keeps beside the manifest (``ok`` and ``labels`` of every row, in order),
+        once every chunk is written."""

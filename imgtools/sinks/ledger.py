@@ -18,7 +18,7 @@ import io
 import json
 import posixpath
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
@@ -169,8 +169,21 @@ class RunLedger:
             frames.append(rows.assign(chunk=int(posixpath.basename(path).split(".")[0])))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"chunk": [], "relpath": []})
 
-    def write_manifest(self, manifest: pd.DataFrame) -> None:
-        """``manifest.parquet`` (write the attributes after it: then the output is complete).
+    def read_marker(self, index: int) -> pd.DataFrame:
+        """Chunk ``index``'s manifest rows, from its done marker.
+
+        Raises
+        ------
+        FileNotFoundError
+            The chunk has no marker.
+        """
+        blob = self.location.fs.cat_file(self.path(MARKER_DIR, f"{index:07d}.parquet"))
+        return pd.read_parquet(io.BytesIO(blob))
+
+    def write_manifest(self, parts: Iterable[pd.DataFrame]) -> None:
+        """``manifest.parquet`` from manifest rows given part by part, in order (for instance one chunk's
+        at a time: a manifest of any length is written in the memory of one part), a row group each.
+        Write the attributes after it: then the output is complete.
 
         Raises
         ------
@@ -179,7 +192,20 @@ class RunLedger:
         """
         if self.lock.held or self.lock.lost:
             self.lock.verify()
-        self.put(MANIFEST, parquet_bytes(manifest))
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        writer = None
+        with self.location.fs.open(self.path(MANIFEST), "wb") as f:
+            try:
+                for rows in parts:
+                    table = pa.Table.from_pandas(rows, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(f, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+            finally:
+                if writer is not None:
+                    writer.close()
 
     # ---- the run lock ------------------------------------------------------------------------------
     def take_lock(self) -> None:

@@ -8,10 +8,8 @@ import io
 import posixpath
 
 import numpy as np
-import pandas as pd
 
 from ..config import OutputFormat
-from ..schema import ok_mask
 from .base import Chunk, Sink
 
 __all__ = ["NpySink", "npy_bytes"]
@@ -49,6 +47,6 @@ class NpySink(Sink):
             if self.config.masks:
                 self.write_part(key, chunk.index, chunk.stacked(key, size.height, size.width, masks=True), masks=True)
 
-    def _finalize(self, manifest: pd.DataFrame) -> None:
-        self.put("ok.npy", npy_bytes(ok_mask(manifest)))
-        self.put("labels.npy", npy_bytes(manifest["label_id"].to_numpy(np.int32)))
+    def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:
+        self.put("ok.npy", npy_bytes(ok))
+        self.put("labels.npy", npy_bytes(labels.astype(np.int32)))

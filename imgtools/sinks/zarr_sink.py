@@ -110,7 +110,7 @@ class ZarrSink(Sink):
         _writable(group, "ok")[chunk.start : stop] = chunk.ok
         _writable(group, "labels")[chunk.start : stop] = chunk.labels
 
-    def _finalize(self, manifest: pd.DataFrame) -> None:
+    def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:  # ok and labels went with their chunks
         # zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it; a run killed in
         # between leaves that temporary file, which the chunk's redo does not reuse
         for leftover, info in self.fs.glob(self.path("**", "*.partial"), detail=True).items():

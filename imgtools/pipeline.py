@@ -202,6 +202,7 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
                         process_chunk(job.items, job.index, config, sink, job.reuse, session=session)
                         bar.update(len(job.items))
         bar.close()
+        sink.ledger.drop_listing()
         earlier = OutputInfo.from_attrs(sink.read_attrs()) if done.size else None
         derived = earlier.derived if earlier is not None else {}  # sizes `imgtools derive` added stay listed
         info = OutputInfo(version=__version__, config=config.to_dict(), n=len(items),
@@ -228,8 +229,10 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
         link = dashboard_link(dask_client)
         if link:
             bar.write(f"dashboard: {link}", file=sys.stderr)
-    # one partition per task of whole chunks: no two tasks ever write the same chunk
-    tasks = group_tasks(todo, items, config.chunk)
+    # one partition per task of whole chunks: no two tasks ever write the same chunk; a task carries chunk
+    # numbers (and rows an earlier run finished), its worker reads the inputs from the listing in DEST
+    tasks = [[job._replace(items=None) for job in task] for task in group_tasks(todo, items, config.chunk)]
+    sink.ledger.write_listing(items, config.chunk)
     bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options)
     futures = dask_client.compute(bag.to_delayed(), retries=2)
     if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
@@ -255,7 +258,13 @@ def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options
     number of rows of each (the rows themselves are in the chunks' done markers)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
     with reading(storage_options) as session:
-        return [len(process_chunk(job.items, job.index, config, sink, job.reuse, session=session)) for job in task]
+        return [len(process_chunk(_rows_of(job, sink, config.chunk), job.index, config, sink, job.reuse,
+                                  session=session)) for job in task]
+
+
+def _rows_of(job: ChunkJob, sink, chunk: int) -> pd.DataFrame:
+    """A chunk's inputs: carried by the job, or read from the listing the client wrote into DEST."""
+    return job.items if job.items is not None else sink.ledger.listing_rows(job.index, chunk)
 
 
 def _in_notebook() -> bool:
@@ -283,7 +292,8 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
     without the images that kill workers, which become failed rows with that reason."""
     from distributed import KilledWorker, wait
 
-    index, part, reuse = job
+    index, _, reuse = job
+    part = _rows_of(job, sink, config.chunk)
     done = set() if reuse is None else set(reuse["relpath"])
     suspects = part[~part["relpath"].isin(done)]
     bar.write(f"chunk {index}: a file kills workers; testing its {len(suspects)} images one by one", file=sys.stderr)

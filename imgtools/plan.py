@@ -32,10 +32,11 @@ _BYTES_PER_PIXEL = {OutputFormat.JPEG: 0.3, OutputFormat.WEBP: 0.2, OutputFormat
 
 
 class ChunkJob(NamedTuple):
-    """One chunk still to do: its number, its inputs, and rows an earlier run finished that it reuses."""
+    """One chunk still to do: its number, its inputs (None in a task sent to a cluster: the worker reads
+    them from the listing in DEST), and rows an earlier run finished that it reuses."""
 
     index: int
-    items: pd.DataFrame
+    items: pd.DataFrame | None
     reuse: pd.DataFrame | None = None
 
 

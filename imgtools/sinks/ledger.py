@@ -6,6 +6,9 @@
 - ``.imgtools/chunks/<k>.parquet``: chunk ``k``'s manifest rows, written after its data (the done marker):
   a chunk counts as done only when its marker can be read, so an interrupted run redoes exactly the chunks
   whose output may be incomplete.
+- ``.imgtools/listing/<p>.parquet``: the inputs of a run on a cluster, a row group per chunk, so that a
+  task carries chunk numbers and its worker reads its rows here (:meth:`RunLedger.write_listing`,
+  :meth:`RunLedger.listing_rows`) instead of the rows travelling in the task graph.
 - ``manifest.parquet`` then the attributes, last: an output is complete when both exist.
 
 A ledger knows nothing of the layout's files; a layout (:class:`~imgtools.sinks.base.Sink`) owns one and
@@ -14,6 +17,7 @@ hands it the two things only it knows: how to create its empty output and where 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import posixpath
@@ -28,10 +32,14 @@ from ..errors import DestinationError
 from ..location import Location
 from .lock import LOCK_FILE, LOCK_TTL, RunLock
 
-__all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "MANIFEST", "ATTRS_FILE", "LOCK_TTL", "parquet_bytes"]
+__all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "LISTING_DIR", "MANIFEST", "ATTRS_FILE", "LOCK_TTL",
+           "parquet_bytes"]
 
 JOB_FILE = ".imgtools/job.json"
 MARKER_DIR = ".imgtools/chunks"
+LISTING_DIR = ".imgtools/listing"
+#: Rows of a listing part, about (whole chunks): small enough to read whole for one chunk, few files at 100M.
+LISTING_PART_ROWS = 65536
 MANIFEST = "manifest.parquet"
 ATTRS_FILE = "imgtools.json"
 
@@ -169,6 +177,32 @@ class RunLedger:
             frames.append(rows.assign(chunk=int(posixpath.basename(path).split(".")[0])))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"chunk": [], "relpath": []})
 
+    # ---- the listing, for workers ------------------------------------------------------------------
+    def write_listing(self, items: pd.DataFrame, chunk: int) -> None:
+        """The listed inputs, in parts of whole chunks with a row group per chunk, for :meth:`listing_rows`."""
+        per_part = _chunks_per_part(chunk)
+        rows = per_part * chunk
+        fs = self.location.fs
+        fs.makedirs(self.path(LISTING_DIR), exist_ok=True)
+        for p, start in enumerate(range(0, len(items), rows)):
+            buf = io.BytesIO()
+            items.iloc[start : start + rows].to_parquet(buf, index=False, engine="pyarrow", row_group_size=chunk)
+            self.put(posixpath.join(LISTING_DIR, f"{p:07d}.parquet"), buf.getvalue())
+
+    def drop_listing(self) -> None:
+        """Remove the listing (once every chunk is done: a finished output is the same however it ran)."""
+        fs = self.location.fs
+        if fs.exists(self.path(LISTING_DIR)):
+            fs.rm(self.path(LISTING_DIR), recursive=True)
+
+    def listing_rows(self, index: int, chunk: int) -> pd.DataFrame:
+        """Chunk ``index``'s inputs as :meth:`write_listing` stored them: one row group of one part
+        (the part's footer read once per process and part)."""
+        per_part = _chunks_per_part(chunk)
+        path = self.path(LISTING_DIR, f"{index // per_part:07d}.parquet")
+        part = _listing_part(self.location.fs, path, self.run_id)  # this run's: a later run may rewrite it
+        return part.read_row_group(index % per_part).to_pandas()
+
     def read_marker(self, index: int) -> pd.DataFrame:
         """Chunk ``index``'s manifest rows, from its done marker.
 
@@ -233,6 +267,19 @@ class RunLedger:
     def release_lock(self) -> None:
         """Remove this run's lock (left alone if another run has taken it over)."""
         self.lock.release()
+
+
+def _chunks_per_part(chunk: int) -> int:
+    return max(1, LISTING_PART_ROWS // chunk)
+
+
+@functools.lru_cache(maxsize=4)
+def _listing_part(fs: Any, path: str, run_id: str) -> Any:
+    """A listing part, opened for reading row groups (a few kept per process: consecutive chunks of a
+    task read the same part)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(io.BytesIO(fs.cat_file(path)))
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:

@@ -102,8 +102,55 @@ def _is_hidden(relpath: str) -> bool:
     return any(part.startswith(".") for part in relpath.split("/"))
 
 
+#: Listing a folder or prefix splits it into at least this many sub-prefixes where it can (going down
+#: at most LISTING_DEPTH levels) and lists them side by side: a bucket lists 1000 keys a request, one
+#: request after another within a prefix, so 100M keys under one prefix are 100,000 requests in a row.
+LISTING_SPLIT = 32
+LISTING_DEPTH = 3
+
+
+def _find(fs, root: str) -> dict[str, dict[str, Any]]:
+    """Every file under ``root`` with its info, like ``fs.find(root, withdirs=False, detail=True)``, but
+    on filesystems that serve requests concurrently (fsspec's async ones: gcsfs, s3fs, http) with the tree
+    split at its first levels into sub-prefixes listed side by side, a thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not getattr(fs, "async_impl", False):  # a local disk: one walk is quicker than threads of them
+        return fs.find(root, withdirs=False, detail=True)
+    files: dict[str, dict[str, Any]] = {}
+    prefixes = [root]
+    for _ in range(LISTING_DEPTH):
+        if len(prefixes) >= LISTING_SPLIT:
+            break
+        entries = retry.call(lambda prefixes=prefixes: _ls_all(fs, prefixes), f"listing {fs.unstrip_protocol(root)}")
+        deeper = []
+        for entry in entries:
+            if entry.get("type") == "directory":
+                deeper.append(entry["name"])
+            else:
+                files[entry["name"]] = entry
+        if not deeper:
+            return files
+        prefixes = deeper
+    with ThreadPoolExecutor(min(16, len(prefixes))) as pool:
+        for found in pool.map(lambda prefix: retry.call(lambda: fs.find(prefix, withdirs=False, detail=True),
+                                                        f"listing {fs.unstrip_protocol(prefix)}"), prefixes):
+            files.update(found)
+    return files
+
+
+def _ls_all(fs, prefixes: list[str]) -> list[dict[str, Any]]:
+    """One level of every prefix (``fs.ls`` with details), concurrently."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(prefixes) == 1:
+        return fs.ls(prefixes[0], detail=True)
+    with ThreadPoolExecutor(min(16, len(prefixes))) as pool:
+        return [entry for level in pool.map(lambda p: fs.ls(p, detail=True), prefixes) for entry in level]
+
+
 def _list_folder(fs, root: str, labels: LabelSource, every_file: bool = False) -> pd.DataFrame:
-    found = fs.find(root, withdirs=False, detail=True)
+    found = _find(fs, root)
     rows, unknown = [], []
     for path in sorted(found):
         length = found[path].get("size")

@@ -101,6 +101,21 @@ def test_listing_a_prefix_takes_a_request_per_page_not_per_object(bucket):
     assert sum(proxy.counts.values()) <= 12, proxy.counts
 
 
+@pytest.mark.parametrize("shape", ["wide", "deep", "flat"])
+def test_a_prefix_split_and_listed_side_by_side_lists_what_one_find_lists(bucket, shape):
+    url, options, server = bucket
+    fs = server.filesystem()
+    root = f"{url.split('://')[1]}/tree"
+    names = {"wide": [f"p{i:02d}/q{i % 3}/{i:04d}.jpg" for i in range(120)] + ["top.png", "p07/.hidden.jpg"],
+             "deep": [f"a/b/c/d{i % 2}/{i:03d}.jpg" for i in range(30)] + ["a/x.jpg", "a/b/y.jpg"],
+             "flat": [f"{i:03d}.jpg" for i in range(40)]}[shape]
+    fs.pipe({f"{root}/{name}": b"x" * (len(name) + 1) for name in names})
+    found = fs.find(root, withdirs=False, detail=True)
+    expected = sorted((p[len(root) + 1 :], info["size"]) for p, info in found.items() if "/." not in p)
+    items = list_source(f"{url}/tree", storage_options=options).items
+    assert list(zip(items["relpath"], items["bytes"])) == expected
+
+
 def test_archive_shards_in_a_bucket_are_read_in_place_through_a_faulty_connection(bucket, labelled_dir, tmp_path,
                                                                                   local_run):
     """Listing the shards and the ranged reads of their members meet 503s and dropped connections."""

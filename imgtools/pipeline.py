@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -22,10 +23,10 @@ from .config import Compression, PresizeConfig, Size
 from .engine import process_chunk, process_one
 from .errors import ConfigError
 from .memory import tune_allocator
-from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks
+from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks, task_count
 from .schema import OutputInfo, Status
 from .sinks import make_sink
-from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of
+from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of, summarize_source
 
 __all__ = ["presize", "dry_run", "PresizeReport"]
 
@@ -150,7 +151,9 @@ def dry_run(
 ) -> RunPlan:
     """What :func:`presize` with the same arguments would do, without writing anything: lists SOURCE,
     checks that the output form can hold the inputs, reads which chunks an earlier run in DEST finished,
-    and plans chunks and tasks (see :class:`~imgtools.plan.RunPlan`). Runs in this process.
+    and plans chunks and tasks (see :class:`~imgtools.plan.RunPlan`). Runs in this process. A manifest
+    presized to arrays is read batch by batch and never held (10,000,000 rows in a few hundred MB); its
+    chunks done are those with a done marker in DEST.
 
     Examples
     --------
@@ -160,6 +163,16 @@ def dry_run(
       ...
     """
     config = _build_config(config, sizes, mode, format)
+    summary = summarize_source(source, config.labels, storage_options) if masks is None else None
+    if (summary is not None and config.format.is_array and not config.masks and not summary.streams
+            and "mask" not in summary.columns):  # a manifest of any length: counted, never held
+        sink = make_sink(dest, config, storage_options)
+        chunks = math.ceil(summary.inputs / config.chunk)
+        done = len({k for k in sink.ledger.marker_indices() if k < chunks})
+        return RunPlan(source=summary.source, dest=sink.url, inputs=summary.inputs, label_names=summary.label_names,
+                       chunk=config.chunk, chunks=chunks, chunks_done=done, tasks=task_count(chunks - done),
+                       output_bytes=estimate_bytes(config, summary.inputs),
+                       estimated=config.compression is not Compression.NONE)
     listing = list_source(source, config.labels, storage_options, masks=masks)
     items = listing.items
     config = _config_for(config, items)

@@ -21,7 +21,7 @@ from .engine import manifest_frame, result_columns
 from .schema import ok_mask
 from .sources import stream_group
 
-__all__ = ["ChunkJob", "plan_chunks", "group_tasks", "RunPlan", "estimate_bytes", "MAX_TASKS"]
+__all__ = ["ChunkJob", "plan_chunks", "group_tasks", "task_count", "RunPlan", "estimate_bytes", "MAX_TASKS"]
 
 #: A run never has many more tasks than this: chunks are grouped (100M images of chunk 256 make 390,625
 #: chunks but 20,000 tasks), which keeps the task graph and the scheduler's work small.
@@ -106,6 +106,18 @@ def group_tasks(todo: list[ChunkJob], items: pd.DataFrame, chunk: int,
             tasks.append([job])
         last = stream_group(part["origin"].iloc[-1])
     return tasks
+
+
+def task_count(chunks: int, max_tasks: int = MAX_TASKS) -> int:
+    """How many tasks :func:`group_tasks` makes of ``chunks`` chunks that read no compressed tar.
+
+    Examples
+    --------
+    >>> task_count(100), task_count(390_625)
+    (100, 19532)
+    """
+    per_task = max(1, math.ceil(chunks / max_tasks))
+    return math.ceil(chunks / per_task)
 
 
 def _stream_starts(items: pd.DataFrame) -> dict[str, int]:

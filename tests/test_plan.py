@@ -91,3 +91,60 @@ def test_the_listing_in_dest_gives_each_chunk_its_rows_as_listed(labelled_dir, t
     ledger.drop_listing()
     assert not (tmp_path / "dest" / ".imgtools" / "listing").exists()
 
+
+
+def _manifest(tmp_path, kind: str, rows: dict) -> str:
+    path = tmp_path / f"list.{kind}"
+    frame = pd.DataFrame(rows)
+    frame.to_csv(path, index=False) if kind == "csv" else frame.to_parquet(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+@pytest.mark.parametrize("labels", [["b", "a", None, "a"], [3, 10, 2, 3], None])
+def test_a_manifest_summarised_batch_by_batch_agrees_with_its_listing(tmp_path, monkeypatch, kind, labels):
+    from imgtools import listing
+
+    monkeypatch.setattr(listing, "SUMMARY_BATCH", 3)  # several batches
+    rows = {"path": [f"d/{i}.jpg" for i in range(4)] * 3} | ({"label": labels * 3} if labels else {})
+    url = _manifest(tmp_path, kind, rows)
+    summary = listing.summarize_source(url)
+    full = listing.list_source(url)
+    assert (summary.inputs, summary.label_names, summary.streams) == (len(full), full.label_names, False)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+@pytest.mark.parametrize("rows,message", [({"file": ["a.jpg"]}, "no 'path' column"),
+                                          ({"path": ["a.jpg", None]}, "empty or non-text path")])
+def test_a_bad_manifest_is_refused_by_the_summary_as_by_the_listing(tmp_path, kind, rows, message):
+    from imgtools.errors import SourceError
+    from imgtools.listing import list_source, summarize_source
+
+    url = _manifest(tmp_path, kind, rows)
+    for read in (summarize_source, list_source):
+        with pytest.raises(SourceError, match=message):
+            read(url)
+
+
+def test_a_dry_run_of_a_manifest_counted_in_batches_plans_what_a_listed_one_plans(labelled_dir, tmp_path):
+    paths = sorted(str(p) for p in labelled_dir.rglob("*.*"))
+    url = _manifest(tmp_path, "parquet", {"path": paths, "label": [p.split("/")[-2] for p in paths]})
+    config = PresizeConfig.build(sizes=[16], chunk=16)
+    dest = tmp_path / "out.zarr"
+    counted = imgtools.dry_run(url, str(dest), config=config)
+    listed = imgtools.dry_run(url, str(dest), config=config, masks=str(labelled_dir))  # masks: the listing path
+    assert (counted.inputs, counted.label_names, counted.chunks, counted.tasks, counted.chunks_done) == (
+        listed.inputs, listed.label_names, listed.chunks, listed.tasks, listed.chunks_done) == (
+        80, ("class0", "class1", "class2", "class3"), 5, 5, 0)
+    imgtools.presize(url, str(dest), config=config, workers=0, progress=False)
+    assert imgtools.dry_run(url, str(dest), config=config).chunks_done == 5
+
+
+def test_a_blank_path_in_a_parquet_manifest_is_refused_by_the_summary_as_by_the_listing(tmp_path):
+    from imgtools.errors import SourceError
+    from imgtools.listing import list_source, summarize_source
+
+    url = _manifest(tmp_path, "parquet", {"path": ["a.jpg", "  "]})  # (a CSV reader skips a blank line)
+    for read in (summarize_source, list_source):
+        with pytest.raises(SourceError, match="empty or non-text path"):
+            read(url)

@@ -158,6 +158,14 @@ class RunLedger:
         """Chunk ``index``'s manifest rows: its done marker (write it after the chunk's data)."""
         self.put(posixpath.join(MARKER_DIR, f"{index:07d}.parquet"), parquet_bytes(rows))
 
+    def marker_indices(self) -> set[int]:
+        """The chunk numbers that have a done marker, from their names alone (nothing read)."""
+        try:
+            listed = self.location.fs.ls(self.path(MARKER_DIR), detail=False)
+        except FileNotFoundError:  # object stores have no empty folders
+            return set()
+        return {int(posixpath.basename(p).split(".")[0]) for p in listed if p.endswith(".parquet")}
+
     def done_rows(self) -> pd.DataFrame:
         """Manifest rows of every chunk whose marker is complete, with a ``chunk`` column; a marker that
         cannot be read (a run killed while writing it) counts as not done."""

@@ -1,0 +1,475 @@
+"""Listing stage: the inputs of a run (a folder or bucket prefix, a CSV/Parquet manifest, or archives) in a
+stable order with their labels and, where the listing knows them, their lengths.
+
+Every location is a URL plus ``storage_options``, resolved once here (a :class:`~imgtools.location.Resolver`);
+the rest of imgtools works with the resulting :class:`Listing` and never asks which backend it is on.
+Folders and prefixes on filesystems that serve requests concurrently are split into sub-prefixes listed
+side by side; a manifest can be summarised batch by batch without holding its rows
+(:func:`summarize_source`, for ``--dry-run``). Members of archives are origins like any other
+(``tar://<member>::<archive URL>``), read through :mod:`imgtools.sources`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from . import archives, retry
+from .config import LabelSource
+from .errors import SourceError, StorageError
+from .location import Resolver
+
+__all__ = ["Listing", "list_source", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
+           "safe_relpath", "spans_of", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
+
+#: Extensions taken as images without looking inside (compared lower-case).
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .apng .webp .gif .bmp .dib .tif .tiff .ppm .pgm .pbm .pnm .ico .tga "
+    ".jp2 .j2k .psd .dds .pcx .sgi .im .mpo .heic .avif".split()
+)
+#: Extensions never looked into: everything else without an image extension is sniffed.
+_NOT_IMAGES = frozenset(
+    ".txt .md .rst .csv .tsv .json .jsonl .yaml .yml .xml .html .htm .parquet .py .ipynb .pdf .zip .tar "
+    ".gz .tgz .bz2 .xz .7z .npy .npz .pkl .pt .pth .h5 .mp4 .avi .mov .mkv .mp3 .wav .log .sh".split()
+)
+_MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+_MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
+
+_COLUMNS = ["origin", "relpath", "label", "bytes"]
+#: Listing columns that say where an archive member's bytes lie; they do not go into the manifest.
+SPAN_COLUMNS = ("offset", "size")
+#: Listing columns that are not manifest columns: the spans, and ``bytes``, a file's length as the listing
+#: found it (a folder's or bucket's sizes, an archive member's header; -1 when the listing does not say, as
+#: for the files a manifest names), which the size guard checks before reading.
+LISTING_ONLY_COLUMNS = (*SPAN_COLUMNS, "bytes")
+_GLOB = frozenset("*?[")
+#: Optional manifest columns of coordinates that follow the geometry of their image.
+PAIRED_COLUMNS = ("points", "boxes")
+
+
+def safe_relpath(path: str) -> str:
+    """A relative posix path that stays inside any folder it is joined to: no root, no ``.``; inner
+    ``..`` resolved, and a ``..`` that would climb out kept apart as a ``_parent_`` folder, so that
+    ``../x.jpg`` and ``x.jpg`` stay two different names.
+
+    Examples
+    --------
+    >>> safe_relpath("../../etc/x.jpg"), safe_relpath("/abs/./a//b.png"), safe_relpath("a/../b.jpg")
+    ('_parent_/_parent_/etc/x.jpg', 'abs/a/b.png', 'b.jpg')
+    """
+    norm = posixpath.normpath(path.replace("\\", "/"))  # an absolute path cannot climb above its root
+    parts = ["_parent_" if part == ".." else part for part in norm.split("/") if part not in ("", ".")]
+    return "/".join(parts) or "_"
+
+
+def sniff_image(head: bytes) -> bool:
+    """True when the first bytes of a file look like an image Pillow reads by default.
+
+    Examples
+    --------
+    >>> sniff_image(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff_image(b"hello")
+    (True, False)
+    """
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """The inputs of a run, in run order.
+
+    ``items`` has one row per input with the columns ``origin`` (the URL as listed), ``relpath`` (posix
+    path relative to SOURCE or the manifest's folder), ``label`` (str or None) and ``label_id`` (int32,
+    -1 without a label), ``bytes`` (the file's length as listed, -1 when unknown); ``label_names[label_id]``
+    is the label. ``fs`` reads the origins.
+    """
+
+    source: str
+    fs: Any
+    items: pd.DataFrame
+    label_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _is_hidden(relpath: str) -> bool:
+    return any(part.startswith(".") for part in relpath.split("/"))
+
+
+#: Listing a folder or prefix splits it into at least this many sub-prefixes where it can (going down
+#: at most LISTING_DEPTH levels) and lists them side by side: a bucket lists 1000 keys a request, one
+#: request after another within a prefix, so 100M keys under one prefix are 100,000 requests in a row.
+LISTING_SPLIT = 32
+LISTING_DEPTH = 3
+
+
+def _find(fs, root: str) -> dict[str, dict[str, Any]]:
+    """Every file under ``root`` with its info, like ``fs.find(root, withdirs=False, detail=True)``, but
+    on filesystems that serve requests concurrently (fsspec's async ones: gcsfs, s3fs, http) with the tree
+    split at its first levels into sub-prefixes listed side by side, a thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not getattr(fs, "async_impl", False):  # a local disk: one walk is quicker than threads of them
+        return fs.find(root, withdirs=False, detail=True)
+    files: dict[str, dict[str, Any]] = {}
+    prefixes = [root]
+    for _ in range(LISTING_DEPTH):
+        if len(prefixes) >= LISTING_SPLIT:
+            break
+        entries = retry.call(lambda prefixes=prefixes: _ls_all(fs, prefixes), f"listing {fs.unstrip_protocol(root)}")
+        deeper = []
+        for entry in entries:
+            if entry.get("type") == "directory":
+                deeper.append(entry["name"])
+            else:
+                files[entry["name"]] = entry
+        if not deeper:
+            return files
+        prefixes = deeper
+    with ThreadPoolExecutor(min(16, len(prefixes))) as pool:
+        for found in pool.map(lambda prefix: retry.call(lambda: fs.find(prefix, withdirs=False, detail=True),
+                                                        f"listing {fs.unstrip_protocol(prefix)}"), prefixes):
+            files.update(found)
+    return files
+
+
+def _ls_all(fs, prefixes: list[str]) -> list[dict[str, Any]]:
+    """One level of every prefix (``fs.ls`` with details), concurrently."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(prefixes) == 1:
+        return fs.ls(prefixes[0], detail=True)
+    with ThreadPoolExecutor(min(16, len(prefixes))) as pool:
+        return [entry for level in pool.map(lambda p: fs.ls(p, detail=True), prefixes) for entry in level]
+
+
+def _list_folder(fs, root: str, labels: LabelSource, every_file: bool = False) -> pd.DataFrame:
+    found = _find(fs, root)
+    rows, unknown = [], []
+    for path in sorted(found):
+        length = found[path].get("size")
+        length = -1 if length is None else int(length)
+        rel = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
+        if _is_hidden(rel):
+            continue
+        ext = posixpath.splitext(rel)[1].lower()
+        if every_file or ext in IMAGE_EXTENSIONS:
+            rows.append((path, rel, length))
+        elif ext not in _NOT_IMAGES:
+            unknown.append((path, rel, length))
+    if unknown:  # decide by content: one small ranged read per file without an image extension
+        heads = fs.cat_ranges([u[0] for u in unknown], [0] * len(unknown), [16] * len(unknown), on_error="return")
+        rows += [u for u, head in zip(unknown, heads) if isinstance(head, bytes) and sniff_image(head)]
+        rows.sort(key=lambda r: r[1])
+    items = pd.DataFrame(rows, columns=["path", "relpath", "bytes"])
+    items["origin"] = [fs.unstrip_protocol(p) for p in items["path"]]
+    items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
+    return items[_COLUMNS]
+
+
+def _folder_label(relpath: str) -> str | None:
+    return relpath.split("/", 1)[0] if "/" in relpath else None
+
+
+def _archive_urls(source: str | Sequence[str], resolve: Resolver) -> list[str] | None:
+    """The archives SOURCE names (one URL, a glob, or a list), sorted; None when it names none."""
+    urls = [source] if isinstance(source, str) else list(source)
+    if isinstance(source, str) and archives.archive_kind(source) is None and (
+            not (_GLOB & set(source)) or _exists(source, resolve)):
+        return None  # a folder or manifest (whose name may hold [, ? or *)
+    found = []
+    for url in urls:
+        if _GLOB & set(url) and "::" in url:
+            raise SourceError(f"SOURCE {url!r}: a glob of chained URLs is not supported; give the shards as a list")
+        if _GLOB & set(url):
+            try:
+                fs, pattern = resolve(url)
+                found += [fs.unstrip_protocol(p)
+                          for p in retry.call(lambda fs=fs, pattern=pattern: fs.glob(pattern), f"listing {url}")]
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
+        elif "::" in url:  # a chained URL (simplecache::gs://...) stays as given
+            found.append(url)
+        else:  # a full URL, like a glob's matches: a relative path would not name the file on a worker
+            try:
+                fs, path = resolve(url)
+            except Exception as exc:
+                raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
+            found.append(fs.unstrip_protocol(path))
+    if not found:
+        raise SourceError(f"SOURCE {source!r} matches no archives")
+    odd = [u for u in found if archives.archive_kind(u) is None]
+    if odd:
+        raise SourceError(f"SOURCE {odd[0]!r} is not a .tar, .tar.gz, .tgz or .zip archive")
+    return sorted(dict.fromkeys(found))
+
+
+def _exists(url: str, resolve: Resolver) -> bool:
+    try:
+        fs, path = resolve(url)
+        return fs.exists(path)
+    except Exception:
+        return False
+
+
+def _list_archives(urls: list[str], labels: LabelSource, resolve: Resolver,
+                   every_file: bool = False) -> pd.DataFrame:
+    """Members of every archive (shards in URL order, members in archive order), with their spans."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(url: str) -> list[tuple]:
+        try:
+            fs, path = resolve(url)
+            info = retry.call(lambda: fs.info(path), f"looking up {url}")  # a hiccup is retried, not "missing"
+        except FileNotFoundError:
+            raise SourceError(f"SOURCE {url!r} does not exist") from None
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"SOURCE {url!r} cannot be reached: {exc}") from None
+        if info.get("type") == "directory":
+            raise SourceError(f"SOURCE {url!r} is a folder, not an archive")
+        protocol = archives.archive_kind(url)[0]  # type: ignore[index]
+        rows, seen = [], set()
+        for member in archives.list_archive(fs, path):
+            rel = safe_relpath(member.name)
+            image = every_file or posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
+            if member.name not in seen and not _is_hidden(rel) and image:
+                seen.add(member.name)  # a name stored twice is one input: its first copy, which streaming finds too
+                rows.append((f"{protocol}://{member.name}::{url}", rel, member.length, member.offset, member.size))
+        return rows
+
+    with ThreadPoolExecutor(min(8, len(urls))) as pool:  # shards in a bucket: list them side by side
+        rows = [row for shard in pool.map(one, urls) for row in shard]
+    items = pd.DataFrame(rows, columns=["origin", "relpath", "bytes", *SPAN_COLUMNS])
+    items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
+    return items[_COLUMNS + list(SPAN_COLUMNS)]
+
+
+def _list_manifest(url: str, fs, path: str, labels: LabelSource) -> pd.DataFrame:
+    reader = _MANIFEST_READERS[posixpath.splitext(path)[1].lower()]
+    try:
+        with fs.open(path, "rb") as f:
+            table = reader(f)
+    except Exception as exc:
+        raise SourceError(f"manifest {url!r} cannot be read: {exc}") from None
+    if "path" not in table.columns:
+        raise SourceError(f"manifest {url!r} has no 'path' column (columns: {', '.join(map(str, table.columns))})")
+    base = posixpath.dirname(path)
+    origins, relpaths = [], []
+    for value in table["path"]:
+        if not isinstance(value, str) or not value.strip():
+            raise SourceError(f"manifest {url!r} has an empty or non-text path: {value!r}")
+        origin, relpath = _resolve(fs, base, value)
+        origins.append(origin)
+        relpaths.append(relpath)
+    label = table["label"] if "label" in table.columns and labels is LabelSource.FOLDER else None
+    out = pd.DataFrame({"origin": origins, "relpath": relpaths, "bytes": -1})  # sizes unknown: not looked up
+    out["label"] = [None if pd.isna(v) else str(v) for v in label] if label is not None else None
+    if "mask" in table.columns:
+        out["mask"] = [None if not isinstance(v, str) or not v.strip() else _resolve(fs, base, v)[0]
+                       for v in table["mask"]]
+    for col in PAIRED_COLUMNS:
+        if col in table.columns:
+            out[col] = [None if pd.isna(v) else str(v) for v in table[col]]
+    return out
+
+
+def _resolve(fs, base: str, value: str) -> tuple[str, str]:
+    """A manifest entry -> (origin URL, safe relative path)."""
+    if "://" in value:
+        return value, safe_relpath(value.split("://", 1)[1])
+    if value.startswith("/"):
+        return fs.unstrip_protocol(value), safe_relpath(value)
+    return fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, value))), safe_relpath(value)
+
+
+def _attach_masks(items: pd.DataFrame, masks: str, resolve: Resolver) -> pd.DataFrame:
+    """Pair each image with the file of the same relative path (any image extension) under ``masks``."""
+    try:
+        fs, root = resolve(str(masks))
+        found = fs.find(root.rstrip("/"), withdirs=False) if fs.isdir(root) else None
+    except Exception as exc:
+        raise SourceError(f"masks {masks!r} cannot be reached: {exc}") from None
+    if found is None:
+        raise SourceError(f"masks {masks!r} is not a folder")
+    by_stem = {}
+    for path in sorted(found):
+        rel = posixpath.relpath(path, root.rstrip("/"))
+        stem, ext = posixpath.splitext(rel)
+        if ext.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(stem, fs.unstrip_protocol(path))
+    return items.assign(mask=[by_stem.get(posixpath.splitext(r)[0]) for r in items["relpath"]])
+
+
+def _label_order(values: Sequence[str]) -> tuple[str, ...]:
+    names = set(values)
+    try:  # numeric labels sort as numbers, everything else as text
+        return tuple(sorted(names, key=float))
+    except ValueError:
+        return tuple(sorted(names))
+
+
+def list_source(
+    source: str | Sequence[str],
+    labels: LabelSource = LabelSource.FOLDER,
+    storage_options: dict[str, Any] | None = None,
+    masks: str | None = None,
+    every_file: bool = False,
+) -> Listing:
+    """List the images of ``source``: a folder/prefix (recursively, sorted by relative path), a
+    ``.csv`` / ``.parquet`` manifest with a ``path`` column and an optional ``label`` column (kept in the
+    manifest's order; relative paths are taken from the manifest's folder), or archives: one ``.tar``,
+    ``.tar.gz``, ``.tgz`` or ``.zip``, a glob of them (``gs://b/train-*.tar``) or a list, read in place
+    (shards in URL order, members in archive order; a member's path in its archive is its ``relpath``).
+
+    Image files are found by extension, and files with an unknown extension by their first bytes; hidden
+    files and folders (a name starting with ``.``) are left out; ``every_file=True`` lists every other file
+    of a folder or archive, image or not (as Spark's image source does). With ``labels="folder"`` a file's label
+    is its first folder level under ``source`` (files directly in ``source`` have none).
+
+    Paired targets: ``masks`` names a second tree whose files pair with the images by relative path
+    (extension aside), or a manifest has a ``mask`` column; a manifest may also carry ``points`` and
+    ``boxes`` columns (JSON lists of ``[x, y]`` / ``[x0, y0, x1, y1]`` in pixels of the upright image).
+
+    Raises
+    ------
+    SourceError
+        When ``source`` does not exist, holds no images, or is an unreadable manifest.
+
+    Examples
+    --------
+    >>> listing = list_source("path/to/images")          # doctest: +SKIP
+    >>> listing.items[["relpath", "label"]].head()        # doctest: +SKIP
+    """
+    resolve = Resolver(storage_options)
+    shards = _archive_urls(source, resolve)
+    if shards is not None:
+        items = _list_archives(shards, labels, resolve, every_file)
+        if items.empty:
+            raise SourceError(f"SOURCE {source!r} holds no image files")
+        fs = resolve(shards[0])[0]
+        return _finish(items, masks, resolve, str(source) if isinstance(source, str) else ",".join(shards), fs)
+    try:
+        fs, root = resolve(str(source))
+        root = posixpath.normpath(root) if root.startswith("/") else root.rstrip("/") or root
+        is_file = fs.isfile(root)
+        exists = is_file or fs.isdir(root)
+    except Exception as exc:  # bad protocol, unreachable endpoint, bad credentials
+        raise SourceError(f"SOURCE {source!r} cannot be reached: {exc}") from None
+    if not exists:
+        raise SourceError(f"SOURCE {source!r} does not exist")
+    ext = posixpath.splitext(root)[1].lower()
+    if is_file and ext in _MANIFEST_READERS:
+        items = _list_manifest(str(source), fs, root, labels)
+    elif is_file:
+        raise SourceError(f"SOURCE {source!r} is a file, not a folder or a .csv/.parquet manifest")
+    else:
+        items = _list_folder(fs, root, labels, every_file)
+    if items.empty:
+        raise SourceError(f"SOURCE {source!r} holds no image files")
+    return _finish(items, masks, resolve, str(source), fs)
+
+
+def _finish(items: pd.DataFrame, masks: str | None, resolve: Resolver, source: str, fs: Any) -> Listing:
+    """Masks, label ids and the running index of a listing."""
+    if masks is not None:
+        items = _attach_masks(items, masks, resolve)
+    labels_ = [None if pd.isna(v) else str(v) for v in items["label"]]
+    items["label"] = pd.array(labels_, dtype="string")
+    names = _label_order([v for v in labels_ if v is not None])
+    ids = {name: i for i, name in enumerate(names)}
+    items["label_id"] = pd.array([ids.get(v, -1) for v in labels_], "int32")
+    items["bytes"] = items["bytes"].astype("int64")
+    items.insert(0, "index", pd.RangeIndex(len(items)).astype("int64"))
+    return Listing(source=source, fs=fs, items=items.reset_index(drop=True), label_names=names)
+
+
+def spans_of(items: pd.DataFrame) -> list[tuple[int, int] | None] | None:
+    """The archive spans of listing rows (None when the listing has none)."""
+    if not set(SPAN_COLUMNS) <= set(items.columns):
+        return None
+    return [None if pd.isna(o) else (int(o), int(s)) for o, s in zip(items["offset"], items["size"])]
+
+
+@dataclasses.dataclass(frozen=True)
+class ListingSummary:
+    """What a listing holds, without its rows: the number of ``inputs``, the ``label_names`` in order, the
+    ``columns`` a manifest has, and whether some inputs are members of compressed tars (``streams``: they
+    are read in order, which task planning must know)."""
+
+    source: str
+    inputs: int
+    label_names: tuple[str, ...]
+    columns: tuple[str, ...]
+    streams: bool
+
+
+#: Rows of a manifest looked at at once by :func:`summarize_source`.
+SUMMARY_BATCH = 1 << 18
+
+
+def summarize_source(source: str | Sequence[str], labels: LabelSource = LabelSource.FOLDER,
+                     storage_options: dict[str, Any] | None = None) -> ListingSummary | None:
+    """The summary of a ``.csv`` / ``.parquet`` manifest read batch by batch (the memory of one batch, and
+    of the label names, whatever its length), with the checks :func:`list_source` makes on its ``path``
+    column; None for any other source (a folder, a prefix, archives: list them).
+
+    Raises
+    ------
+    SourceError
+        The manifest cannot be read, has no ``path`` column, or a path that is empty or not text.
+
+    Examples
+    --------
+    >>> summarize_source("train.parquet").inputs           # doctest: +SKIP
+    10000000
+    """
+    if not isinstance(source, str) or posixpath.splitext(source)[1].lower() not in _MANIFEST_READERS:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, path = Resolver(storage_options)(source)
+    inputs, names, streams, columns = 0, set(), False, ()
+    try:
+        with fs.open(path, "rb") as f:
+            if path.lower().endswith(".parquet"):
+                parquet = pq.ParquetFile(f)
+                columns = tuple(parquet.schema_arrow.names)
+                batches = (b.to_pandas() for b in parquet.iter_batches(SUMMARY_BATCH, columns=_wanted(columns)))
+            else:
+                columns = tuple(pd.read_csv(f, nrows=0).columns)
+                f.seek(0)
+                batches = pd.read_csv(f, chunksize=SUMMARY_BATCH, usecols=_wanted(columns))
+            if "path" not in columns:
+                raise SourceError(f"manifest {source!r} has no 'path' column (columns: {', '.join(columns)})")
+            for batch in batches:
+                paths = batch["path"]
+                bad = paths[~paths.map(lambda v: isinstance(v, str) and bool(v.strip()))]
+                if len(bad):
+                    raise SourceError(f"manifest {source!r} has an empty or non-text path: {bad.iloc[0]!r}")
+                streams = streams or bool(pc.any(pc.match_substring_regex(
+                    pa.array(paths, pa.string()), r"^tar://.*::.*\.(tar\.gz|tgz)$")).as_py())
+                if "label" in batch.columns and labels is LabelSource.FOLDER:
+                    names.update(str(v) for v in batch["label"].dropna().unique())
+                inputs += len(batch)
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"manifest {source!r} cannot be read: {exc}") from None
+    if not inputs:
+        raise SourceError(f"SOURCE {source!r} holds no image files")
+    return ListingSummary(source=source, inputs=inputs, label_names=_label_order(sorted(names)), columns=columns,
+                          streams=streams)
+
+
+def _wanted(columns: Sequence[str]) -> list[str]:
+    return [c for c in ("path", "label") if c in columns]

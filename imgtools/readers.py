@@ -184,9 +184,13 @@ class Dataset:
                 self.reader.prefetch(size, order[pos + 1 : pos + 1 + prefetch])
             yield k, self._chunk(size, k)
 
-    def stream(self, size: str | None = None, batch_size: int = 64, **options: Any):
+    def stream(self, size: str | None = None, batch_size: int = 64, *, seed: int = 0, shuffle: bool = True,
+               drop_last: bool = False, rank: int | None = None, world_size: int | None = None,
+               window_chunks: int = 2, streams: int = 12, normalize: tuple[Any, Any] | None = None,
+               layout: str = "NHWC"):
         """A PyTorch ``IterableDataset`` of shuffled ``(x, y)`` batches that reads whole chunks, shares them
-        equally among ranks and workers, and resumes mid-epoch: see :class:`imgtools.loaders.ChunkStream`.
+        equally among ranks and workers, and resumes mid-epoch: see :class:`imgtools.loaders.ChunkStream`
+        for what each setting does (``rank`` and ``world_size`` default to torch.distributed's).
 
         Examples
         --------
@@ -195,7 +199,9 @@ class Dataset:
         """
         from .loaders import ChunkStream
 
-        return ChunkStream(self.view(size), batch_size=batch_size, **options)
+        return ChunkStream(self.view(size), batch_size=batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last,
+                           rank=rank, world_size=world_size, window_chunks=window_chunks, streams=streams,
+                           normalize=normalize, layout=layout)
 
     def batches(self, size: str | None = None, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
                 normalize: tuple[Any, Any] | None = None, layout: str = "NHWC", drop_failed: bool = True,

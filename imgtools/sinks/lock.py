@@ -164,6 +164,19 @@ class LockFile:
         super().__init_subclass__(**kwargs)
         LOCK_FILES.update(dict.fromkeys(cls.protocols, cls))
 
+    @contextlib.contextmanager
+    def _conditional(self) -> Iterator[None]:
+        """Around one conditional request: a failed precondition raises :class:`Lost`; the filesystem's
+        listing cache of the lock is dropped whatever happens."""
+        try:
+            yield
+        except Exception as exc:
+            if _precondition_failed(exc):
+                raise Lost(self.path) from None
+            raise
+        finally:
+            self.fs.invalidate_cache(self.path)
+
     def read(self) -> Seen | None:
         """The lock as it is now; None when there is none."""
         try:
@@ -299,41 +312,25 @@ class GCSLockFile(LockFile):
         return None
 
     def create(self, data: bytes) -> str:
-        try:  # public API: mode="create" sends ifGenerationMatch=0
+        with self._conditional():  # public API: mode="create" sends ifGenerationMatch=0
             out = self.fs.pipe_file(self.path, data, mode="create")
-        except Exception as exc:
-            if _precondition_failed(exc):
-                raise Lost(self.path) from None
-            raise
-        self.fs.invalidate_cache(self.path)
         return str(out["generation"])
 
     def replace(self, data: bytes, token: str) -> str:
         from gcsfs.core import quote
 
         bucket, key, _ = self.fs.split_path(self.path)
-        try:  # gcsfs has no public write conditional on a generation: its request method, a media upload
+        # gcsfs has no public write conditional on a generation: its request method, a media upload
+        with self._conditional():
             out = self.fs.call("POST", f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
                                uploadType="media", name=key, ifGenerationMatch=token, data=data,
                                headers={"Content-Type": "application/octet-stream"}, json_out=True)
-        except Exception as exc:
-            if _precondition_failed(exc):
-                raise Lost(self.path) from None
-            raise
-        finally:
-            self.fs.invalidate_cache(self.path)
         return str(out["generation"])
 
     def delete(self, token: str) -> None:
         bucket, key, _ = self.fs.split_path(self.path)
-        try:  # gcsfs's rm_file takes no precondition: its request method
+        with self._conditional():  # gcsfs's rm_file takes no precondition: its request method
             self.fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=token)
-        except Exception as exc:
-            if _precondition_failed(exc):
-                raise Lost(self.path) from None
-            raise
-        finally:
-            self.fs.invalidate_cache(self.path)
 
 
 class S3LockFile(LockFile):
@@ -354,14 +351,8 @@ class S3LockFile(LockFile):
         return Seen(Holder.parse(data), etag)
 
     def _put(self, data: bytes, **condition: str) -> str:
-        try:  # s3fs hands put_object's own arguments through pipe_file
+        with self._conditional():  # s3fs hands put_object's own arguments through pipe_file
             out = self.fs.pipe_file(self.path, data, ContentType="application/json", **condition)
-        except Exception as exc:
-            if _precondition_failed(exc):
-                raise Lost(self.path) from None
-            raise
-        finally:
-            self.fs.invalidate_cache(self.path)
         return str(out["ETag"])
 
     def create(self, data: bytes) -> str:
@@ -372,14 +363,8 @@ class S3LockFile(LockFile):
 
     def delete(self, token: str) -> None:
         bucket, key, _ = self.fs.split_path(self.path)
-        try:  # s3fs's rm_file takes no condition: its call of the S3 API
+        with self._conditional():  # s3fs's rm_file takes no condition: its call of the S3 API
             self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=token)
-        except Exception as exc:
-            if _precondition_failed(exc):
-                raise Lost(self.path) from None
-            raise
-        finally:
-            self.fs.invalidate_cache(self.path)
 
 
 class RunLock:

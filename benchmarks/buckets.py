@@ -29,7 +29,11 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=200_000, help="keys to list (tiny objects)")
     parser.add_argument("--prefixes", type=int, default=20, help="sub-prefixes the keys are spread over")
     parser.add_argument("--chunk", type=int, default=256, help="images per batched read (one chunk of a task)")
+    parser.add_argument("--listing-only", action="store_true", help="only the listing comparison")
     args = parser.parse_args()
+    if args.listing_only:
+        _print_listing(_listing(args.keys, args.prefixes, tuple(args.latency)), args)
+        return
 
     files = sorted(p for p in pathlib.Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     with s3_server() as server:
@@ -64,6 +68,10 @@ def main() -> None:
     print(f"{len(urls)} JPEGs ({total_mb:.1f} MiB) from moto S3 on 127.0.0.1 behind a proxy adding "
           f"{args.latency[0] * 1000:.0f}-{args.latency[1] * 1000:.0f} ms per request")
     print(table.to_string(index=False))
+    _print_listing(listing, args)
+
+
+def _print_listing(listing: list[tuple[str, int, float, int]], args: argparse.Namespace) -> None:
     print(f"listing {args.keys} keys under {args.prefixes} sub-prefixes of one prefix (through the same proxy):")
     print(pd.DataFrame(listing, columns=["listing", "keys", "seconds", "requests"]).assign(
         **{"speed-up": lambda t: (t["seconds"].iloc[0] / t["seconds"]).round(1)}).to_string(index=False))

@@ -62,13 +62,86 @@ def run(tree: pathlib.Path, source: pathlib.Path, workers: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def size_bombs(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    """The two files of the issue, each beside a real neighbour: a 2 MB ``.tar.gz`` whose member claims
+    2 GiB (zeros), and a sparse 6 GiB ``.jpg`` (a real JPEG followed by nothing); made once."""
+    import io
+    import tarfile
+
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    out = {"tar.gz member of 2 GiB": root / "bomb.tar.gz", "sparse 6 GiB .jpg": root / "sparse"}
+    if not out["tar.gz member of 2 GiB"].exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(out["tar.gz member of 2 GiB"], "w:gz") as tar:
+            for name, size, data in [("a/before.jpg", len(jpeg.getvalue()), io.BytesIO(jpeg.getvalue())),
+                                     ("a/bomb.jpg", 2 << 30, _Zeros(2 << 30)),
+                                     ("a/after.jpg", len(jpeg.getvalue()), io.BytesIO(jpeg.getvalue()))]:
+                info = tarfile.TarInfo(name)
+                info.size = size
+                tar.addfile(info, data)
+    if not out["sparse 6 GiB .jpg"].exists():
+        out["sparse 6 GiB .jpg"].mkdir(parents=True)
+        (out["sparse 6 GiB .jpg"] / "ok.jpg").write_bytes(jpeg.getvalue())
+        with open(out["sparse 6 GiB .jpg"] / "huge.jpg", "wb") as f:
+            f.write(jpeg.getvalue())
+            f.truncate(6 << 30)
+    return out
+
+
+class _Zeros:
+    """A file of ``n`` zero bytes, read without holding them."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+_BOMB = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import imgtools
+t = time.perf_counter()
+report = imgtools.presize(sys.argv[2], sys.argv[3], sizes=[16], workers=0, progress=False)
+seconds = time.perf_counter() - t
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "ok": report.ok,
+                  "failures": [f"{o}: {e}" for o, e in zip(report.failures["origin"], report.failures["error"])]}))
+"""
+
+
+def run_bombs(tree: pathlib.Path, cache: pathlib.Path) -> None:
+    """Each size bomb presized in one process: wall time, peak RSS, what became of the bomb and its neighbours."""
+    for name, source in size_bombs(cache / "bombs").items():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = subprocess.run([sys.executable, "-c", _BOMB, str(tree), str(source), f"{tmp}/out.zarr"],
+                                 capture_output=True, text=True, timeout=1200,
+                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if out.returncode:
+            print(f"{name}: failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{name}: {got['seconds']:.1f} s, peak RSS {got['peak_mb']:.0f} MB, {got['ok']} ok; "
+              f"failed: {'; '.join(got['failures']) or 'none'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[30_000, 300_000])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--compare", type=pathlib.Path, help="another checkout of imgtools to run beside this one")
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "imgtools-scaling")
+    parser.add_argument("--bombs", action="store_true", help="only the size bombs (a .tar.gz member, a sparse file)")
     args = parser.parse_args(argv)
+    if args.bombs:
+        for tree in [ROOT] + ([args.compare.resolve()] if args.compare else []):
+            print(f"size bombs, {tree}:")
+            run_bombs(tree, args.cache)
+        return
     trees = {"this": ROOT} | ({"compare": args.compare.resolve()} if args.compare else {})
     rows = []
     for n in args.n:

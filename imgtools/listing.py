@@ -107,15 +107,18 @@ LISTING_SPLIT = 32
 LISTING_DEPTH = 3
 
 
-def _find(fs, root: str) -> dict[str, dict[str, Any]]:
-    """Every file under ``root`` with its info, like ``fs.find(root, withdirs=False, detail=True)``, but
-    on filesystems that serve requests concurrently (fsspec's async ones: gcsfs, s3fs, http) with the tree
-    split at its first levels into sub-prefixes listed side by side, a thread each."""
+def _find(fs, root: str) -> dict[str, int | None]:
+    """Every file under ``root`` with its length, like ``fs.find(root, withdirs=False, detail=True)`` but
+    keeping only the length of each (an info dict costs about a kilobyte a file, for as long as the listing
+    is held): a local disk is walked folder by folder; on filesystems that serve requests concurrently
+    (fsspec's async ones: gcsfs, s3fs, http) the tree is split at its first levels into sub-prefixes,
+    each found (one flat paginated listing) in a thread of its own, side by side."""
     from concurrent.futures import ThreadPoolExecutor
 
     if not getattr(fs, "async_impl", False):  # a local disk: one walk is quicker than threads of them
-        return fs.find(root, withdirs=False, detail=True)
-    files: dict[str, dict[str, Any]] = {}
+        return {info["name"]: info.get("size") for _, _, level in fs.walk(root, detail=True)
+                for info in level.values()}
+    files: dict[str, int | None] = {}
     prefixes = [root]
     for _ in range(LISTING_DEPTH):
         if len(prefixes) >= LISTING_SPLIT:
@@ -126,13 +129,18 @@ def _find(fs, root: str) -> dict[str, dict[str, Any]]:
             if entry.get("type") == "directory":
                 deeper.append(entry["name"])
             else:
-                files[entry["name"]] = entry
+                files[entry["name"]] = entry.get("size")
         if not deeper:
             return files
         prefixes = deeper
+
+    def lengths(prefix: str) -> dict[str, int | None]:
+        found = retry.call(lambda: fs.find(prefix, withdirs=False, detail=True),
+                           f"listing {fs.unstrip_protocol(prefix)}")
+        return {path: info.get("size") for path, info in found.items()}
+
     with ThreadPoolExecutor(min(16, len(prefixes))) as pool:
-        for found in pool.map(lambda prefix: retry.call(lambda: fs.find(prefix, withdirs=False, detail=True),
-                                                        f"listing {fs.unstrip_protocol(prefix)}"), prefixes):
+        for found in pool.map(lengths, prefixes):
             files.update(found)
     return files
 
@@ -151,8 +159,7 @@ def _list_folder(fs, root: str, labels: LabelSource, every_file: bool = False) -
     found = _find(fs, root)
     rows, unknown = [], []
     for path in sorted(found):
-        length = found[path].get("size")
-        length = -1 if length is None else int(length)
+        length = -1 if found[path] is None else int(found[path])
         rel = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
         if _is_hidden(rel):
             continue

@@ -18,14 +18,17 @@ from typing import Any, NoReturn
 
 from ._version import __version__
 from .config import (
+    DEFAULT_IMAGE_TIMEOUT,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+    Channels,
     Compression,
     LabelSource,
     OutputFormat,
     PresizeConfig,
     Resample,
     ResizeMode,
+    ShardImage,
 )
 from .errors import ConfigError, ImgtoolsError, StorageError
 
@@ -112,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="crop", choices=_choices(ResizeMode))
     p.add_argument("--format", default="zarr", choices=_choices(OutputFormat))
     p.add_argument("--labels", default="folder", choices=_choices(LabelSource))
-    p.add_argument("--chunk", type=int, help="images per chunk and per task (default: 16-256, about 16 MiB a chunk)")
+    p.add_argument("--chunk", type=int, help="images per chunk and per task (default: 16-256, about 16 MiB a chunk; "
+                   "webdataset: images per shard, default 1024)")
     p.add_argument("--resample", default="bicubic", choices=_choices(Resample))
     p.add_argument("--compression", default="none", choices=_choices(Compression),
                    help="zarr chunk codec (default none: one image reads as one byte range)")
@@ -125,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse files bigger than this, unread, when the listing knows their size (default 1 GiB)")
     p.add_argument("--formats", help="comma-separated Pillow formats to accept (default JPEG,PNG,WEBP,GIF,BMP,TIFF)")
     p.add_argument("--quality", type=int, default=90, help="encoder quality for jpeg/webp output")
+    p.add_argument("--image-timeout", type=float, default=DEFAULT_IMAGE_TIMEOUT, metavar="SECONDS",
+                   help=f"fail an image whose decode and resize take longer (default {DEFAULT_IMAGE_TIMEOUT:g})")
+    p.add_argument("--channels", type=int, default=3, choices=[c.value for c in Channels],
+                   help="1: luminance (Pillow's L), 3: RGB (default), 4: RGBA with alpha kept (not jpeg)")
+    p.add_argument("--shard-image", default="jpg", choices=_choices(ShardImage),
+                   help="how images are encoded in --format webdataset shards (default jpg)")
+    p.add_argument("--min-side", type=int, default=0, metavar="N",
+                   help="skip images whose shorter side is below N pixels (default 0: off)")
+    p.add_argument("--max-aspect", type=float, default=0.0, metavar="R",
+                   help="skip images whose long side / short side is above R, at least 1 (default 0: off)")
     p.add_argument("--masks", metavar="FOLDER", help="label masks paired with the images by relative path")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier output at DEST and start again")
     p.add_argument("--dry-run", action="store_true",
@@ -176,8 +190,9 @@ def _presize(args: argparse.Namespace) -> int:
         sizes=args.size or [64], mode=args.mode, format=args.format, labels=args.labels, chunk=args.chunk,
         resample=args.resample, compression=args.compression, background=args.background, pad_color=args.pad_color,
         only_if_bigger=args.only_if_bigger, max_pixels=args.max_pixels, max_bytes=args.max_bytes,
-        quality=args.quality,
+        quality=args.quality, channels=args.channels, min_side=args.min_side, max_aspect=args.max_aspect,
         formats=[f for f in args.formats.split(",") if f.strip()] if args.formats else None,
+        shard_image=args.shard_image, image_timeout=args.image_timeout,
     )
     if args.dry_run:
         from .pipeline import dry_run

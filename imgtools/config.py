@@ -22,6 +22,8 @@ __all__ = [
     "LabelSource",
     "Resample",
     "Compression",
+    "Channels",
+    "ShardImage",
     "Size",
     "PresizeConfig",
     "DecodeLimits",
@@ -31,6 +33,8 @@ __all__ = [
     "DEFAULT_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_IMAGE_TIMEOUT",
+    "DEFAULT_SHARD_IMAGES",
 ]
 
 #: Pillow format names decoded by default; anything else is refused unless ``formats`` widens the list.
@@ -41,6 +45,15 @@ DEFAULT_MAX_PIXELS = 100_000_000
 #: 8 bytes a pixel even uncompressed (16-bit RGBA TIFF: 800 MB); a bigger file is over that guard anyway, or
 #: mostly padding (a sparse file, a bomb in an archive), and reading it would cost its size in memory.
 DEFAULT_MAX_BYTES = 1 << 30
+#: Seconds one image's decode and resize may take before it is failed ("timed out after N s"). The slowest
+#: image the default guards let through, a 100-megapixel progressive JPEG or 16-bit TIFF, decodes and
+#: resizes in about 2-5 s on one core; 120 s leaves a 25x margin for a loaded or slow machine, so only a
+#: decoder that loops meets it, and costs a chunk's task 2 minutes, once.
+DEFAULT_IMAGE_TIMEOUT = 120.0
+#: Images per WebDataset shard (``--chunk``) when not given. A shard is one chunk, the unit of work and of
+#: resume, and a worker holds a chunk's source files in memory at once: 1024 ImageNet-sized JPEGs are about
+#: 110 MB, and their shard about 3 MB at 64x64 or 15 MB at 224x224 (JPEG). Bigger shards: a bigger --chunk.
+DEFAULT_SHARD_IMAGES = 1024
 
 
 _C = TypeVar("_C", bound="_Choice")
@@ -90,6 +103,7 @@ class OutputFormat(_Choice):
     JPEG = "jpeg"
     PNG = "png"
     WEBP = "webp"
+    WEBDATASET = "webdataset"  #: tar shards of samples (image, label, metadata): see :mod:`imgtools.sinks.webdataset`
 
     @property
     def is_array(self) -> bool:
@@ -98,8 +112,22 @@ class OutputFormat(_Choice):
 
     @property
     def pillow_format(self) -> str | None:
-        """The Pillow format of an image-file output (``JPEG``, ``PNG``, ``WEBP``); None for arrays."""
-        return None if self.is_array else self.value.upper()
+        """The Pillow format of an image-file output (``JPEG``, ``PNG``, ``WEBP``); None for arrays and shards
+        (whose images are in :attr:`PresizeConfig.shard_image`)."""
+        return None if self.is_array or self is OutputFormat.WEBDATASET else self.value.upper()
+
+
+class ShardImage(_Choice):
+    """How the images of WebDataset shards are encoded: the extension of each sample's image member."""
+
+    JPG = "jpg"  #: the default
+    PNG = "png"  #: lossless
+    WEBP = "webp"
+
+    @property
+    def output_format(self) -> OutputFormat:
+        """The image-file format of the same encoding (``jpg`` -> ``jpeg``)."""
+        return OutputFormat.JPEG if self is ShardImage.JPG else OutputFormat(self.value)
 
 
 class LabelSource(_Choice):
@@ -124,6 +152,41 @@ class Compression(_Choice):
     NONE = "none"  #: the default: pixels as they are, byte-addressable (random access costs one image)
     LZ4 = "lz4"  #: Blosc LZ4: about 4x faster to write than zstd for 2-12% more bytes
     ZSTD = "zstd"
+
+
+class Channels(enum.IntEnum):
+    """The channels of every output image: luminance, RGB (the default) or RGBA.
+
+    ``GRAY`` is Pillow's ``L`` (ITU-R 601-2 luma, ``Image.convert("L")`` exactly) of the decoded image, taken
+    after transparency is composited over the background and before resizing; ``RGBA`` keeps the alpha
+    (an image without one gets 255) and is resized premultiplied, as Pillow resizes RGBA.
+
+    Examples
+    --------
+    >>> Channels.parse("1"), Channels.RGBA.mode
+    (<Channels.GRAY: 1>, 'RGBA')
+    """
+
+    GRAY = 1
+    RGB = 3
+    RGBA = 4
+
+    @classmethod
+    def parse(cls, value: Any) -> Channels:
+        """``1``, ``3``, ``4`` (or their text) as a :class:`Channels`; anything else raises ConfigError."""
+        if isinstance(value, cls):
+            return value
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return cls(int(str(value).strip()))
+        except ValueError:
+            raise ConfigError(f"channels {value!r} is not one of 1|3|4") from None
+
+    @property
+    def mode(self) -> str:
+        """The Pillow mode of an image with these channels: ``L``, ``RGB`` or ``RGBA``."""
+        return {1: "L", 3: "RGB", 4: "RGBA"}[self.value]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -215,24 +278,33 @@ def _parse_number(name: str, value: float | str) -> float:
         raise ConfigError(f"{name} {value!r} is not a number") from None
 
 
-def auto_chunk(sizes: Iterable[Size], target_bytes: int = 16 << 20) -> int:
-    """Images per chunk so that a chunk of the largest size holds about ``target_bytes`` (16 MiB):
-    a power of two between 16 and 256.
+def _parse_whole(name: str, value: int | str) -> int:
+    """``value`` as an int, from an int or its text; anything else raises ConfigError naming ``name``."""
+    number = _parse_number(name, value)
+    if not number.is_integer():
+        raise ConfigError(f"{name} {value!r} is not a whole number")
+    return int(number)
+
+
+def auto_chunk(sizes: Iterable[Size], target_bytes: int = 16 << 20, channels: int = 3) -> int:
+    """Images per chunk so that a chunk of the largest size (``channels`` bytes a pixel) holds about
+    ``target_bytes`` (16 MiB): a power of two between 16 and 256.
 
     Examples
     --------
     >>> auto_chunk([Size(64, 64)]), auto_chunk([Size(224, 224)]), auto_chunk([Size(1024, 1024)])
     (256, 64, 16)
     """
-    largest = max(s.width * s.height * 3 for s in sizes)
+    largest = max(s.width * s.height * int(channels) for s in sizes)
     return int(min(256, max(16, 2 ** math.floor(math.log2(max(target_bytes // largest, 1))))))
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeLimits:
     """What the decode stage needs: the Pillow ``formats`` it may open, the ``max_pixels`` guard, and the
-    ``background`` transparency is composited over. Every :class:`PresizeConfig` has one
-    (:attr:`PresizeConfig.limits`); readers that decode without presizing make their own.
+    ``background`` transparency is composited over (for 1 and 3 ``channels``: the channels decoded to, see
+    :class:`Channels`). Every :class:`PresizeConfig` has one (:attr:`PresizeConfig.limits`); readers that
+    decode without presizing make their own.
 
     Examples
     --------
@@ -243,6 +315,33 @@ class DecodeLimits:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     max_pixels: int = DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
+    #: the channels of the decoded pixels (1: Pillow's L, 3: RGB, 4: RGBA)
+    channels: Channels = Channels.RGB
+    #: images whose shorter side is below this are skipped (0: off); see :meth:`outside`
+    min_side: int = 0
+    #: images whose long side / short side is above this are skipped (0: off)
+    max_aspect: float = 0.0
+
+    def outside(self, width: int, height: int) -> str | None:
+        """Why an image of ``width`` x ``height`` (the original, from its header) falls outside the
+        write-time filters ``min_side`` / ``max_aspect``, or None when it passes (or they are off).
+
+        Examples
+        --------
+        >>> limits = DecodeLimits(min_side=64, max_aspect=3)
+        >>> limits.outside(100, 48), limits.outside(520, 100), limits.outside(300, 100)
+        ('shorter side 48 < --min-side 64', 'aspect 5.2 > --max-aspect 3', None)
+        """
+        short, long = min(width, height), max(width, height)
+        if short < self.min_side:
+            return f"shorter side {short} < --min-side {self.min_side}"
+        if self.max_aspect and (short == 0 or long > self.max_aspect * short):
+            aspect = long / short if short else math.inf
+            text = f"{aspect:.4g}"
+            if float(text) <= self.max_aspect:  # rounded onto the limit: all the digits
+                text = repr(aspect)
+            return f"aspect {text} > --max-aspect {self.max_aspect:g}"
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +373,15 @@ class PresizeConfig:
     draft_factor: float = 2.0
     quality: int = 90
     masks: bool = False  #: inputs come with label masks, resized beside the images
+    #: seconds an image's decode and resize may take; past it the image fails (see :mod:`imgtools.watchdog`)
+    image_timeout: float = DEFAULT_IMAGE_TIMEOUT
+    channels: Channels = Channels.RGB  #: 1 (luminance), 3 (RGB) or 4 (RGBA) channels in every output
+    #: write-time filters (0: off): an image whose shorter side is below ``min_side`` or whose long/short
+    #: ratio is above ``max_aspect`` (at least 1) is a ``skipped`` row, known from its header, never decoded
+    min_side: int = 0
+    max_aspect: float = 0.0
+    #: how the images of ``webdataset`` shards are encoded (jpg, png, webp; jpg and webp at ``quality``)
+    shard_image: ShardImage = ShardImage.JPG
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -290,6 +398,12 @@ class PresizeConfig:
             raise ConfigError(f"draft_factor {self.draft_factor!r} must be between 1 and 8")
         if not 1 <= self.quality <= 100:
             raise ConfigError(f"quality {self.quality!r} must be between 1 and 100")
+        if not 0 < self.image_timeout < math.inf:
+            raise ConfigError(f"image_timeout {self.image_timeout!r} must be a positive number of seconds")
+        if self.min_side < 0:
+            raise ConfigError(f"min_side {self.min_side!r} must be 0 (off) or a positive number of pixels")
+        if self.max_aspect and not 1.0 <= self.max_aspect < math.inf:
+            raise ConfigError(f"max_aspect {self.max_aspect!r} must be 0 (off) or a ratio of at least 1")
         if self.mode.variable and self.format.is_array:
             raise ConfigError(
                 f"mode {self.mode.value!r} gives images of varying size, which a {self.format.value!r} "
@@ -297,6 +411,17 @@ class PresizeConfig:
             )
         if self.mode.variable and any(s.width != s.height for s in self.sizes):
             raise ConfigError(f"mode {self.mode.value!r} takes one number per --size, not WxH")
+        if self.channels is Channels.RGBA and self.format is OutputFormat.JPEG:
+            raise ConfigError("channels 4 (RGBA) cannot be written as jpeg, which holds no alpha: "
+                              "use --format png|webp|zarr|npy, or --channels 1|3")
+        if self.shard_image is not ShardImage.JPG and self.format is not OutputFormat.WEBDATASET:
+            raise ConfigError(f"shard_image {self.shard_image.value!r} is for --format webdataset only")
+        if self.format is OutputFormat.WEBDATASET:
+            if self.masks:
+                raise ConfigError("masks are not written into webdataset shards: use --format zarr|npy|png")
+            if self.channels is Channels.RGBA and self.shard_image is ShardImage.JPG:
+                raise ConfigError("channels 4 (RGBA) cannot be written as jpg, which holds no alpha: "
+                                  "use --shard-image png|webp, or --channels 1|3")
 
     @classmethod
     def build(
@@ -317,13 +442,20 @@ class PresizeConfig:
         quality: int = 90,
         masks: bool = False,
         draft_factor: float | str = 2.0,
+        image_timeout: float | str = DEFAULT_IMAGE_TIMEOUT,
+        channels: int | str | Channels = Channels.RGB,
+        min_side: int | str = 0,
+        max_aspect: float | str | None = 0.0,
+        shard_image: str | ShardImage = ShardImage.JPG,
     ) -> PresizeConfig:
         """Check plain values and build a config; raises ConfigError naming the first bad one.
 
         Every field of :class:`PresizeConfig` can be given, as its own type or as plain text; ``chunk``
         defaults to :func:`auto_chunk` of the sizes, ``formats`` to :data:`DEFAULT_FORMATS`.
         ``draft_factor`` (1 to 8) is how many times the output's resolution a JPEG is decoded at, at
-        least, before resizing (see :func:`imgtools.resize.draft_request`).
+        least, before resizing (see :func:`imgtools.resize.draft_request`). ``min_side`` (pixels) and
+        ``max_aspect`` (a ratio of at least 1) skip images outside them (0 or None: off). A ``webdataset``
+        output's ``chunk`` (images per shard) defaults to :data:`DEFAULT_SHARD_IMAGES`.
 
         Examples
         --------
@@ -333,17 +465,25 @@ class PresizeConfig:
         Traceback (most recent call last):
         ...
         imgtools.errors.ConfigError: draft_factor 'lots' is not a number
+        >>> PresizeConfig.build(max_aspect=0.5)
+        Traceback (most recent call last):
+        ...
+        imgtools.errors.ConfigError: max_aspect 0.5 must be 0 (off) or a ratio of at least 1
         """
         if isinstance(sizes, (int, str, Size)):
             sizes = [sizes]
         fmts = DEFAULT_FORMATS if formats is None else tuple(dict.fromkeys(f.upper() for f in formats))
         parsed = tuple(parse_size(s) for s in sizes)
+        n_channels = Channels.parse(channels)
+        output = OutputFormat.parse(format)
+        if chunk is None and output is OutputFormat.WEBDATASET:
+            chunk = DEFAULT_SHARD_IMAGES
         return cls(
             sizes=parsed,
             mode=ResizeMode.parse(mode),
-            format=OutputFormat.parse(format),
+            format=output,
             labels=LabelSource.parse(labels),
-            chunk=int(chunk) if chunk is not None else auto_chunk(parsed) if parsed else 256,
+            chunk=int(chunk) if chunk is not None else auto_chunk(parsed, channels=n_channels) if parsed else 256,
             resample=Resample.parse(resample),
             compression=Compression.parse(compression),
             background=parse_color(background),
@@ -355,12 +495,33 @@ class PresizeConfig:
             quality=int(quality),
             masks=bool(masks),
             draft_factor=_parse_number("draft_factor", draft_factor),
+            image_timeout=_parse_number("image_timeout", image_timeout),
+            channels=n_channels,
+            min_side=_parse_whole("min_side", min_side),
+            max_aspect=0.0 if max_aspect is None else _parse_number("max_aspect", max_aspect),
+            shard_image=ShardImage.parse(shard_image),
         )
 
     @property
     def limits(self) -> DecodeLimits:
         """The part of the config the decode stage reads."""
-        return DecodeLimits(formats=self.formats, max_pixels=self.max_pixels, background=self.background)
+        return DecodeLimits(formats=self.formats, max_pixels=self.max_pixels, background=self.background,
+                            channels=self.channels,
+                            min_side=self.min_side, max_aspect=self.max_aspect)
+
+    @property
+    def image_format(self) -> OutputFormat | None:
+        """The image-file format images are encoded in: the output format itself (jpeg, png, webp), that of
+        :attr:`shard_image` for ``webdataset`` shards, None for arrays.
+
+        Examples
+        --------
+        >>> PresizeConfig.build(format="webdataset", shard_image="png").image_format
+        <OutputFormat.PNG: 'png'>
+        """
+        if self.format is OutputFormat.WEBDATASET:
+            return self.shard_image.output_format
+        return None if self.format.is_array else self.format
 
     @property
     def size_keys(self) -> list[str]:

@@ -1,8 +1,11 @@
-"""Decode stage: image bytes -> an RGB ``uint8`` array, upright (EXIF orientation applied).
+"""Decode stage: image bytes -> an ``(H, W, C)`` ``uint8`` array, upright (EXIF orientation applied), with
+C = ``limits.channels``: Pillow's ``L``, RGB (the default) or RGBA.
 
 Pillow does the decoding. JPEGs are decoded in the DCT domain at the smallest scale that still leaves
 the requested size (see :func:`imgtools.resize.draft_request`), every Pillow mode is brought to RGB with
-the :mod:`imgtools.kernels`, and a pixel-count guard refuses decompression bombs before any pixel is
+the :mod:`imgtools.kernels` (transparency composited over the background), to ``L`` as Pillow converts
+that RGB (a grey file straight to ``L``), or to RGBA as Pillow converts it (alpha kept; 255 where there is
+none), and a pixel-count guard refuses decompression bombs before any pixel is
 decoded. Only formats in ``limits.formats`` are opened, so untrusted bytes never reach rarely used
 decoders or make Pillow start an outside program. Every failure is a :class:`~imgtools.errors.DecodeError`
 whose message is the reason recorded in the manifest.
@@ -29,7 +32,7 @@ from . import kernels
 from .config import DecodeLimits
 from .errors import DecodeError
 
-__all__ = ["Decoded", "decode", "decode_mask", "decode_native", "ORIENTATION_SWAPS"]
+__all__ = ["Decoded", "Outside", "decode", "decode_mask", "decode_native", "ORIENTATION_SWAPS"]
 
 _ORIENTATION_TAG = 0x0112
 #: EXIF orientations that swap width and height.
@@ -59,9 +62,9 @@ _MODES: dict[str, tuple[str | None, kernels.ChannelLayout]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Decoded:
-    """One decoded image: ``pixels`` (H x W x 3 uint8 RGB, upright, possibly reduced by JPEG draft
-    decoding), the original ``width`` x ``height`` after EXIF orientation, its Pillow ``mode`` and
-    ``format``, and the EXIF ``orientation`` that was applied (1: none)."""
+    """One decoded image: ``pixels`` (H x W x C uint8, C = ``limits.channels``: L, RGB or RGBA; upright,
+    possibly reduced by JPEG draft decoding), the original ``width`` x ``height`` after EXIF orientation, its
+    Pillow ``mode`` and ``format``, and the EXIF ``orientation`` that was applied (1: none)."""
 
     pixels: np.ndarray
     width: int
@@ -71,6 +74,26 @@ class Decoded:
     orientation: int = 1
     #: the file carried transparency that was composited over the background
     transparent: bool = False
+
+
+class Outside(DecodeError):
+    """The image falls outside the write-time filters (``limits.min_side`` / ``limits.max_aspect``): found
+    from its header, before any pixel is decoded. The message is the reason; ``width``, ``height`` (upright)
+    and ``mode`` are the original's, for its manifest row.
+
+    Examples
+    --------
+    >>> exc = Outside("shorter side 48 < --min-side 64", 100, 48, "RGB")
+    >>> str(exc), exc.width, exc.height
+    ('shorter side 48 < --min-side 64', 100, 48)
+    """
+
+    def __init__(self, reason: str, width: int, height: int, mode: str | None = None):
+        super().__init__(reason)
+        self.width, self.height, self.mode = width, height, mode
+
+    def __reduce__(self):
+        return type(self), (str(self), self.width, self.height, self.mode)
 
 
 def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
@@ -140,20 +163,63 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return Image.fromarray(kernels.to_rgb(np.asarray(img), layout, background))
 
 
+def _to_gray(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any mode to an ``L`` image: Pillow's ``convert("L")`` of :func:`_to_rgb`'s RGB; grey modes without
+    transparency directly (the same values: a grey triple's luma is the grey)."""
+    mode = img.mode
+    if "transparency" not in img.info:
+        if mode == "L":
+            return img
+        if mode == "1":
+            return img.convert("L")
+        if mode.startswith("I;16") or mode == "I":
+            raw = np.asarray(img)
+            return Image.fromarray(kernels.u16_to_u8(np.clip(raw, 0, 65535) if mode == "I" else raw))
+        if mode == "F":
+            return Image.fromarray(kernels.float_to_u8(np.asarray(img)))
+    return _to_rgb(img, background).convert("L")
+
+
+#: Pillow modes that Pillow itself brings to RGBA keeping their alpha or transparency.
+_RGBA_DIRECT = ("RGBa", "LA", "PA", "P", "L", "RGB", "1")
+
+
+def _to_rgba(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any mode to an RGBA image, alpha kept (``transparency`` made alpha): Pillow's ``convert("RGBA")``;
+    modes without alpha through :func:`_to_rgb` (alpha 255)."""
+    mode = img.mode
+    if mode == "RGBA":
+        return img
+    if mode == "La":
+        img, mode = img.convert("LA"), "LA"
+    if mode in _RGBA_DIRECT:
+        return img.convert("RGBA")
+    return _to_rgb(img, background).convert("RGBA")
+
+
+def _convert(img: Image.Image, limits: DecodeLimits) -> np.ndarray:
+    """The decoded image as an (H, W, C) array of ``limits.channels`` channels."""
+    if limits.channels == 1:
+        return np.asarray(_to_gray(img, limits.background))[:, :, None]
+    if limits.channels == 4:
+        return np.asarray(_to_rgba(img, limits.background))
+    return np.asarray(_to_rgb(img, limits.background))
+
+
 def decode(
     data: bytes,
     limits: DecodeLimits,
     request: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Decoded:
-    """Decode image bytes into an upright RGB array.
+    """Decode image bytes into an upright (H, W, C) array, C = ``limits.channels`` (L, RGB or RGBA).
 
     Parameters
     ----------
     data : bytes
         The encoded file.
     limits : DecodeLimits
-        The allowed Pillow ``formats``, the ``max_pixels`` guard and the ``background`` for alpha
-        (a config's :attr:`~imgtools.config.PresizeConfig.limits`).
+        The allowed Pillow ``formats``, the ``max_pixels`` guard, the ``background`` for alpha (for 1 and 3
+        channels) and the ``channels`` (a config's :attr:`~imgtools.config.PresizeConfig.limits`).
     request : callable, optional
         ``request(width, height) -> (min_width, min_height)``: given the upright size, the smallest
         upright size the caller still needs. JPEGs are then decoded at the smallest DCT scale (1/2, 1/4,
@@ -165,6 +231,8 @@ def decode(
 
     Raises
     ------
+    Outside
+        The header's size is outside ``limits.min_side`` / ``limits.max_aspect`` (nothing decoded).
     DecodeError
         With the reason, for anything that is not a decodable image within the limits.
 
@@ -212,6 +280,9 @@ def _decode(data: bytes, limits: DecodeLimits, request) -> Decoded:
     mode = img.mode
     stored_w, stored_h = img.size
     width, height = (stored_h, stored_w) if orientation in ORIENTATION_SWAPS else (stored_w, stored_h)
+    reason = limits.outside(width, height)  # the write-time filters, from the header alone
+    if reason is not None:
+        raise Outside(reason, width, height, mode)
     if request is not None and fmt in ("JPEG", "MPO"):
         need_w, need_h = request(width, height)
         if orientation in ORIENTATION_SWAPS:
@@ -221,27 +292,37 @@ def _decode(data: bytes, limits: DecodeLimits, request) -> Decoded:
     if dw * dh > limits.max_pixels:
         raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {limits.max_pixels}")
     meta = dict(width=width, height=height, mode=mode, format=fmt, orientation=orientation)
-    fast = _turbo(data, img, (stored_w, stored_h), (dw, dh)) if fmt == "JPEG" and mode in ("RGB", "L") else None
+    fast = (_turbo(data, img, (stored_w, stored_h), (dw, dh), limits.channels)
+            if fmt == "JPEG" and mode in ("RGB", "L") else None)
     if fast is not None:
         return Decoded(pixels=_upright(fast, orientation), **meta)
     img.load()
-    pixels = _upright(np.asarray(_to_rgb(img, limits.background)), orientation)
+    pixels = _upright(_convert(img, limits), orientation)
     return Decoded(pixels=pixels, transparent="transparency" in img.info, **meta)
 
 
-def _turbo(data: bytes, img: Image.Image, stored: tuple[int, int], drafted: tuple[int, int]) -> np.ndarray | None:
+def _turbo(data: bytes, img: Image.Image, stored: tuple[int, int], drafted: tuple[int, int],
+           channels: int = 3) -> np.ndarray | None:
     """A plain JPEG straight to an RGB array with libjpeg-turbo (simplejpeg), at the DCT scale Pillow's
     draft chose: the same pixels as Pillow's decoder gives, a third faster (no Pillow image, no copy).
-    None when simplejpeg is missing or refuses the file: Pillow then decodes it (and names the fault)."""
+    For ``channels`` 1, a grey JPEG is decoded straight to grey, a colour one to RGB then Pillow's ``L``
+    of it; for 4, RGB with alpha 255. None when simplejpeg is missing or refuses the file: Pillow then
+    decodes it (and names the fault)."""
     if _simplejpeg is None or img.info.get("adobe_transform") is not None:
         return None
     factor = stored[0] // drafted[0] if drafted[0] else 1
+    gray = channels == 1 and img.mode == "L"
+    colorspace = "GRAY" if gray else "RGBA" if channels == 4 else "RGB"
     try:
-        out = _simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=factor, min_width=drafted[0],
+        out = _simplejpeg.decode_jpeg(data, colorspace=colorspace, min_factor=factor, min_width=drafted[0],
                                       min_height=drafted[1])
     except Exception:
         return None
-    return out if (out.shape[1], out.shape[0]) == drafted else None
+    if (out.shape[1], out.shape[0]) != drafted:
+        return None
+    if channels == 1 and not gray:
+        return np.asarray(Image.fromarray(out).convert("L"))[:, :, None]
+    return out
 
 
 def decode_mask(data: bytes, limits: DecodeLimits) -> np.ndarray:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
+import sys
 from functools import partial
 from typing import Any
 
@@ -16,14 +19,16 @@ import pandas as pd
 
 from . import retry
 from .config import PresizeConfig
-from .decode import decode, decode_mask
+from .decode import Outside, decode, decode_mask
 from .errors import DecodeError
 from .resize import draft_request, is_identity, plan, resize_all, resize_mask, transform_points
 from .schema import Status, coordinate_column, parse_coordinate_column
 from .sinks.base import Chunk, Sink
 from .sources import LISTING_ONLY_COLUMNS, PAIRED_COLUMNS, ReadSession, read_bytes, spans_of
+from .watchdog import Stuck, Watch, run_watched, timed_out_reason
 
-__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "previous_values",
+__all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "run_chunk", "give_up",
+           "with_timeouts", "EXIT_STUCK", "previous_values",
            "result_columns", "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
 
 #: Manifest columns, in order.
@@ -34,8 +39,9 @@ RESULT_COLUMNS = ("status", "error", "height", "width", "mode")
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult:
-    """What became of one image: ``arrays`` by size key when ok, else ``error``. ``unchanged`` names the
-    sizes whose output is exactly the source file (same pixels, same format): those are copied."""
+    """What became of one image: ``arrays`` by size key when ok, else ``error`` (``skipped``: the reason it
+    falls outside the write-time filters, not a failure). ``unchanged`` names the sizes whose output is
+    exactly the source file (same pixels, same format): those are copied."""
 
     arrays: dict[str, np.ndarray] | None
     error: str | None
@@ -43,14 +49,21 @@ class ImageResult:
     width: int = -1
     mode: str | None = None
     unchanged: frozenset[str] = frozenset()
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def status(self) -> Status:
+        """The manifest status: ok, skipped (outside the filters) or failed."""
+        return Status.OK if self.ok else Status.SKIPPED if self.skipped else Status.FAILED
+
 
 def _unchanged(decoded, config: PresizeConfig) -> frozenset[str]:
-    if (decoded.format != config.format.pillow_format or decoded.orientation != 1 or decoded.mode != "RGB"
+    if (decoded.format != (config.image_format or config.format).pillow_format or decoded.orientation != 1
+            or decoded.mode != config.channels.mode
             or decoded.transparent
             or decoded.pixels.shape[1::-1] != (decoded.width, decoded.height)):
         return frozenset()
@@ -72,11 +85,16 @@ def process_image(data: bytes | BaseException, config: PresizeConfig) -> ImageRe
     (True, (32, 32, 3), (90, 60, 'RGB'))
     >>> process_image(b"", PresizeConfig()).error
     'empty file (0 bytes)'
+    >>> r = process_image(buf.getvalue(), PresizeConfig.build(sizes=[32], min_side=64))
+    >>> r.status.value, r.error, (r.width, r.height)
+    ('skipped', 'shorter side 60 < --min-side 64', (90, 60))
     """
     if isinstance(data, BaseException):
         return ImageResult(None, f"read failed: {type(data).__name__}: {data}")
     try:
         decoded = decode(data, config.limits, partial(draft_request, config=config))
+    except Outside as exc:  # min_side / max_aspect, from the header: never decoded
+        return ImageResult(None, str(exc), exc.height, exc.width, exc.mode, skipped=True)
     except DecodeError as exc:
         return ImageResult(None, str(exc))
     meta: dict[str, Any] = {"height": decoded.height, "width": decoded.width, "mode": decoded.mode}
@@ -162,7 +180,7 @@ def process_one(raw: bytes | BaseException, mask: bytes | BaseException | None, 
         except Exception as exc:  # e.g. a side over the output format's limit
             result, masks = dataclasses.replace(result, arrays=None, error=f"encode failed: {exc}"), {}
             moved = {k: None for k in moved}
-    values = {"status": (Status.OK if result.ok else Status.FAILED).value, "error": result.error,
+    values = {"status": result.status.value, "error": result.error,
               "height": result.height, "width": result.width, "mode": result.mode, **moved}
     return Outcome(values, payloads, masks)
 
@@ -188,7 +206,8 @@ def _is_moved(column: str) -> bool:
 
 
 def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink: Sink,
-                  reuse: pd.DataFrame | None = None, *, session: ReadSession | None = None) -> pd.DataFrame:
+                  reuse: pd.DataFrame | None = None, *, session: ReadSession | None = None,
+                  watch: Watch | None = None) -> pd.DataFrame:
     """Read, decode, resize and write one chunk of inputs (listing rows); returns its manifest rows.
 
     The bytes of the whole chunk (and of its masks) are fetched in one batched call, so remote sources
@@ -196,7 +215,8 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     earlier result and are neither read nor written again. The sink writes the chunk, then its marker.
     The chunk is read in ``session`` (from :func:`~imgtools.sources.reading`, which holds the storage
     options), so that the chunks of one task go on through a compressed tar's stream; without one, in a
-    session of its own with no storage options.
+    session of its own with no storage options. Each image's decode and resize is marked on ``watch``
+    (by ``relpath``) for the per-image time limit: see :func:`imgtools.watchdog.run_watched`.
     """
     items = items.reset_index(drop=True)
     n, keys = len(items), config.size_keys
@@ -223,7 +243,13 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
             values = too_big[i]
         elif i in fetched:
             coords = {c: values_[i] for c, values_ in coord_columns.items()}
-            outcome = process_one(fetched.pop(i), mask_bytes.pop(i, None), coords, config, sink)
+            if watch is not None:
+                watch.begin(relpaths[i])
+            try:
+                outcome = process_one(fetched.pop(i), mask_bytes.pop(i, None), coords, config, sink)
+            finally:
+                if watch is not None:
+                    watch.end()  # raises Abandoned when it ran past the limit: nothing is written
             values = outcome.values
             for key in outcome.payloads:
                 payloads[key][i] = outcome.payloads[key]
@@ -238,6 +264,80 @@ def process_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, 
     # whole chunk objects: safe to redo
     retry.call(lambda: sink.write(chunk), f"writing chunk {chunk_index} to {sink.url}")
     return rows
+
+
+#: The exit status of a worker process ended because an image's work was stuck past the time limit.
+EXIT_STUCK = 75
+
+
+def run_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink: Sink,
+              reuse: pd.DataFrame | None = None, *, session: ReadSession | None = None,
+              timed_out: dict[str, str] | None = None, restart: bool = False) -> int:
+    """:func:`process_chunk` under the per-image time limit ``config.image_timeout`` (see
+    :mod:`imgtools.watchdog`); returns the chunk's row count.
+
+    ``timed_out`` (relpath -> reason) are images an earlier try left past the limit: failed rows, never
+    decoded again. An image past the limit now is recorded in the ledger of ``sink``
+    (:meth:`~imgtools.sinks.ledger.RunLedger.record_timeouts`); then the chunk is done again without it
+    in a fresh thread, the stuck one abandoned; or, with ``restart`` (a worker process that is started
+    again when it ends, whose retry of the chunk reads the record), this process ends with
+    :data:`EXIT_STUCK`, and the stuck thread with it.
+
+    Examples
+    --------
+    >>> from imgtools.sinks import make_sink
+    >>> cfg = PresizeConfig.build(sizes=[8], image_timeout=30)
+    >>> items = pd.DataFrame({"index": [0], "origin": ["memory://nowhere.png"], "relpath": ["nowhere.png"],
+    ...                       "label": [None], "label_id": [-1]})
+    >>> sink = make_sink("memory://imgtools-doc/run-chunk", cfg); _ = sink.prepare(items, {"n": 1})
+    >>> run_chunk(items, 0, cfg, sink, timed_out={"nowhere.png": "timed out after 30 s"})
+    1
+    >>> sink.ledger.read_marker(0)["error"].tolist()
+    ['timed out after 30 s']
+    """
+    reasons = dict(timed_out or {})
+
+    def work(watch: Watch) -> int:
+        return len(process_chunk(items, chunk_index, config, sink, with_timeouts(reuse, reasons), session=session,
+                                 watch=watch))
+
+    return run_watched(work, config.image_timeout, give_up(sink, chunk_index, config, reasons, restart))
+
+
+def give_up(sink: Sink, chunk_index: int, config: PresizeConfig, reasons: dict[str, str], restart: bool):
+    """The ``on_stuck`` of :func:`~imgtools.watchdog.run_watched` for images of chunk ``chunk_index``: add
+    the image to ``reasons``, record it in the ledger, and with ``restart`` end this process."""
+
+    def on_stuck(stuck: Stuck) -> None:
+        reasons[stuck.key] = timed_out_reason(config.image_timeout)
+        try:
+            retry.call(lambda: sink.ledger.record_timeouts(chunk_index, {stuck.key: reasons[stuck.key]}),
+                       f"recording that {stuck.key!r} timed out in {sink.url}")
+        finally:
+            if restart:
+                logging.getLogger(__name__).error("chunk %d: %r ran past %g s: recorded as failed; ending this "
+                                                  "process to be started again", chunk_index, stuck.key,
+                                                  config.image_timeout)
+                sys.stderr.flush()
+                os._exit(EXIT_STUCK)
+
+    return on_stuck
+
+
+def with_timeouts(reuse: pd.DataFrame | None, reasons: dict[str, str]) -> pd.DataFrame | None:
+    """``reuse`` (earlier rows, see :func:`process_chunk`) with the images past the time limit
+    (relpath -> reason) as failed rows.
+
+    Examples
+    --------
+    >>> with_timeouts(None, {"a.png": "timed out after 1 s"})[["relpath", "status", "error"]].values.tolist()
+    [['a.png', 'failed', 'timed out after 1 s']]
+    """
+    if not reasons:
+        return reuse
+    rows = pd.DataFrame({"relpath": list(reasons), "status": Status.FAILED.value, "error": list(reasons.values()),
+                         "height": -1, "width": -1, "mode": None})
+    return rows if reuse is None else pd.concat([reuse[~reuse["relpath"].isin(reasons)], rows], ignore_index=True)
 
 
 def _over_max_bytes(items: pd.DataFrame, max_bytes: int) -> dict[int, dict[str, Any]]:

@@ -20,25 +20,29 @@ import pandas as pd
 from ._version import __version__
 from .cluster import Placement, dashboard_link, where_to_run
 from .config import Compression, PresizeConfig, Size
-from .engine import process_chunk, process_one
+from .engine import give_up, process_one, run_chunk, with_timeouts
 from .errors import ConfigError
 from .memory import tune_allocator
 from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks, task_count
 from .schema import OutputInfo, Status
 from .sinks import make_sink
 from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of, summarize_source
+from .watchdog import Watch, run_watched
 
 __all__ = ["presize", "dry_run", "PresizeReport"]
 
 
 @dataclasses.dataclass(frozen=True)
 class PresizeReport:
-    """The outcome of a run: counts, time, where the result is, and the failures (``origin``, ``error``)."""
+    """The outcome of a run: counts, time, where the result is, and the failures (``origin``, ``error``).
+    ``ok + failed + skipped == total``; ``skipped`` images fell outside ``min_side`` / ``max_aspect`` (their
+    reasons are in the manifest, not in ``failures``)."""
 
     dest: str
     total: int
     ok: int
     failed: int
+    skipped: int
     seconds: float
     chunks_done: int
     chunks_resumed: int
@@ -53,7 +57,8 @@ class PresizeReport:
 
     def __str__(self) -> str:
         resumed = f", {self.chunks_resumed} chunks resumed" if self.chunks_resumed else ""
-        return (f"{self.total} images: {self.ok} ok, {self.failed} failed; {self.processed} processed in "
+        return (f"{self.total} images: {self.ok} ok, {self.failed} failed, {self.skipped} skipped; "
+                f"{self.processed} processed in "
                 f"{self.seconds:.1f} s ({self.images_per_second:.0f} images/s){resumed} -> {self.dest}")
 
 
@@ -122,7 +127,7 @@ def presize(
     --------
     >>> report = presize("photos/", "photos.zarr", sizes=[64, 224], mode="crop")   # doctest: +SKIP
     >>> print(report)                                                               # doctest: +SKIP
-    1000 images: 998 ok, 2 failed; 1000 processed in 3.1 s (322 images/s) -> photos.zarr
+    1000 images: 998 ok, 2 failed, 0 skipped; 1000 processed in 3.1 s (322 images/s) -> photos.zarr
     """
     config = _build_config(config, sizes, mode, format)
     with where_to_run(client, scheduler, workers) as where:  # a named scheduler is reached before DEST is touched
@@ -204,6 +209,7 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     done = sink.prepare(items, _job(config, items), overwrite=overwrite)
     with sink.ledger.lock.hold():  # a heartbeat; a run whose lock was taken over cannot complete DEST
         finished, todo = plan_chunks(items, config.chunk, done, sink.positional)
+        todo = _with_recorded_timeouts(todo, sink.ledger.all_timeouts())  # a resumed run never retries them
         bar = _progress(len(items), progress)
         bar.update(sum(len(rows) for rows in finished.values()))
         with where.client(len(todo)) as dask_client:
@@ -212,7 +218,7 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
             else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
                 with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
                     for job in todo:
-                        process_chunk(job.items, job.index, config, sink, job.reuse, session=session)
+                        run_chunk(job.items, job.index, config, sink, job.reuse, session=session)
                         bar.update(len(job.items))
         bar.close()
         sink.ledger.drop_listing()
@@ -228,7 +234,8 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
         raise RuntimeError(f"internal error: {tally.rows} manifest rows for {len(items)} inputs")
     failed = tally.failed.reset_index(drop=True)
     processed = sum(len(job.items) - (0 if job.reuse is None else len(job.reuse)) for job in todo)
-    return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed), failed=len(failed),
+    return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed) - tally.skipped,
+                         failed=len(failed), skipped=tally.skipped,
                          seconds=time.perf_counter() - started, chunks_done=len(todo),
                          chunks_resumed=len(finished), processed=processed,
                          sizes=tuple(config.size_keys), failures=failed)
@@ -270,9 +277,30 @@ def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options
     """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them); the
     number of rows of each (the rows themselves are in the chunks' done markers)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
-    with reading(storage_options) as session:
-        return [len(process_chunk(_rows_of(job, sink, config.chunk), job.index, config, sink, job.reuse,
-                                  session=session)) for job in task]
+    restart = _worker_restarts()
+    with reading(storage_options) as session:  # a retry after a stuck image reads the ledger's record of it
+        return [run_chunk(_rows_of(job, sink, config.chunk), job.index, config, sink, job.reuse, session=session,
+                          timed_out=sink.ledger.timeouts(job.index), restart=restart) for job in task]
+
+
+def _worker_restarts() -> bool:
+    """Whether this runs in a Dask worker that a nanny starts again when its process ends."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().nanny is not None
+    except ValueError:  # not in a worker
+        return False
+
+
+def _with_recorded_timeouts(todo: list[ChunkJob], records: dict[int, dict[str, str]]) -> list[ChunkJob]:
+    """The jobs with the images an earlier run recorded past the time limit (by relpath, whatever chunk they
+    were in) among their reused rows."""
+    if not records:
+        return todo
+    reasons = {rel: why for found in records.values() for rel, why in found.items()}
+    return [job._replace(reuse=with_timeouts(job.reuse, {r: reasons[r] for r in job.items["relpath"] if r in reasons}))
+            for job in todo]
 
 
 def _rows_of(job: ChunkJob, sink, chunk: int) -> pd.DataFrame:
@@ -284,14 +312,28 @@ def _in_notebook() -> bool:
     return "ipykernel" in sys.modules and "IPython" in sys.modules
 
 
-def _probe(row: pd.Series, config: PresizeConfig, sink, storage_options) -> bool:
-    """The whole per-image path for one input, keeping nothing: does it bring the worker down?"""
+def _probe(row: pd.Series, index: int, config: PresizeConfig, sink, storage_options) -> bool:
+    """The whole per-image path for one input of chunk ``index``, keeping nothing, under the time limit:
+    does it bring the worker down?"""
+    reasons = sink.ledger.timeouts(index)
+    if row["relpath"] in reasons:  # past the limit on an earlier try: never again
+        return False
     mask = row.get("mask") if config.masks else None
     span = spans_of(row.to_frame().T)
     raw, *rest = read_bytes([row["origin"]] + ([mask] if isinstance(mask, str) else []), storage_options,
                             None if span is None else span + [None] * isinstance(mask, str))
     coords = {c: row[c] for c in PAIRED_COLUMNS if c in row.index and isinstance(row[c], str)}
-    return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == Status.OK.value
+
+    def work(watch: Watch) -> bool:
+        if row["relpath"] in reasons:  # it just ran past the limit (a worker without a nanny lives on)
+            return False
+        watch.begin(row["relpath"])
+        try:
+            return process_one(raw, rest[0] if rest else None, coords, config, sink).values["status"] == Status.OK.value
+        finally:
+            watch.end()
+
+    return run_watched(work, config.image_timeout, give_up(sink, index, config, reasons, _worker_restarts()))
 
 
 def _failed_rows(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
@@ -307,10 +349,11 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
 
     index, _, reuse = job
     part = _rows_of(job, sink, config.chunk)
+    reuse = with_timeouts(reuse, sink.ledger.timeouts(index))
     done = set() if reuse is None else set(reuse["relpath"])
     suspects = part[~part["relpath"].isin(done)]
     bar.write(f"chunk {index}: a file kills workers; testing its {len(suspects)} images one by one", file=sys.stderr)
-    probes = [dask_client.submit(_probe, row, config, sink, storage_options, pure=False)
+    probes = [dask_client.submit(_probe, row, index, config, sink, storage_options, pure=False)
               for _, row in suspects.iterrows()]
     wait(probes)
     killed = [probe.status == "error" and isinstance(probe.exception(), KilledWorker) for probe in probes]

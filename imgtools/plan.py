@@ -18,7 +18,7 @@ import pandas as pd
 
 from .config import OutputFormat, PresizeConfig
 from .engine import manifest_frame, result_columns
-from .schema import ok_mask
+from .schema import final_mask
 from .sources import stream_group
 
 __all__ = ["ChunkJob", "plan_chunks", "group_tasks", "task_count", "RunPlan", "estimate_bytes", "MAX_TASKS"]
@@ -47,7 +47,8 @@ def plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame,
 
     ``done`` holds the markers' rows with a ``chunk`` column (:meth:`~imgtools.sinks.base.Sink.done_rows`).
     ``positional`` outputs (arrays) trust a marker whose rows are the chunk's, in order; image-file outputs
-    also reuse, image by image, the ok rows of earlier runs whatever chunk they were in.
+    also reuse, image by image, the ok and skipped rows of earlier runs whatever chunk they were in (failed
+    ones are tried again).
 
     Examples
     --------
@@ -57,7 +58,7 @@ def plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame,
     ({}, [(0, 2), (1, 2), (2, 1)])
     """
     markers = {int(c): g for c, g in done.groupby("chunk")}
-    reusable = None if positional or done.empty else done[ok_mask(done)]  # failures are retried
+    reusable = None if positional or done.empty else done[final_mask(done)]  # failures are retried, skips kept
     parts: dict[int, pd.DataFrame] = {}
     todo: list[ChunkJob] = []
     for i, start in enumerate(range(0, len(items), chunk)):
@@ -65,7 +66,7 @@ def plan_chunks(items: pd.DataFrame, chunk: int, done: pd.DataFrame,
         marker = markers.get(i)
         if (marker is not None and len(marker) == len(part)
                 and (marker["relpath"].to_numpy() == part["relpath"].to_numpy()).all()
-                and (positional or ok_mask(marker).all())):
+                and (positional or final_mask(marker).all())):
             # the marker's rows are the chunk's, in order: take them by position (a relpath may repeat)
             parts[i] = manifest_frame(part.assign(**result_columns(marker)))
             continue
@@ -140,8 +141,8 @@ def estimate_bytes(config: PresizeConfig, n: int) -> dict[str, int]:
     >>> estimate_bytes(PresizeConfig.build(sizes=[64]), 1000)
     {'64x64': 12288000}
     """
-    channels = 3
-    per_pixel = channels if config.format.is_array else _BYTES_PER_PIXEL[config.format]
+    channels = int(config.channels)
+    per_pixel = channels if config.format.is_array else _BYTES_PER_PIXEL[config.image_format]
     masks = 1 if config.masks else 0
     return {key: int(n * size.width * size.height * (per_pixel + masks))
             for key, size in zip(config.size_keys, config.sizes)}

@@ -1,6 +1,6 @@
 """The output schema: what writers and readers of an output agree on, in one place.
 
-- :class:`Status`: a manifest row's ``status`` (``ok`` | ``failed``).
+- :class:`Status`: a manifest row's ``status`` (``ok`` | ``failed`` | ``skipped``).
 - :data:`MANIFEST_COLUMNS`: the manifest's columns, in order.
 - :func:`coordinate_column` / :func:`parse_coordinate_column`: the columns that carry points and boxes moved
   to one size (``points_64x64``), built and parsed by the same pair of functions.
@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Status", "MANIFEST_COLUMNS", "COORDINATE_KINDS", "ATTRS_KEY", "OutputInfo", "ok_mask",
+__all__ = ["Status", "MANIFEST_COLUMNS", "COORDINATE_KINDS", "ATTRS_KEY", "OutputInfo", "ok_mask", "final_mask",
            "coordinate_column", "parse_coordinate_column", "ManifestTally"]
 
 
 class Status(str, enum.Enum):
-    """A manifest row's outcome."""
+    """A manifest row's outcome: ``skipped`` rows fall outside the write-time filters (``min_side``,
+    ``max_aspect``); like failed rows they are not ok (no pixels), but they are final and counted apart."""
 
     OK = "ok"
     FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 #: The manifest's columns, in order (row i is input i and array row i).
@@ -48,23 +50,38 @@ def ok_mask(rows: pd.DataFrame) -> np.ndarray:
     return (rows["status"] == Status.OK.value).to_numpy()
 
 
+def final_mask(rows: pd.DataFrame) -> np.ndarray:
+    """Which manifest rows a resumed run keeps as they are (ok or skipped; failed ones may be tried again),
+    as a bool array.
+
+    Examples
+    --------
+    >>> final_mask(pd.DataFrame({"status": ["ok", "failed", "skipped"]})).tolist()
+    [True, False, True]
+    """
+    return rows["status"].isin([Status.OK.value, Status.SKIPPED.value]).to_numpy()
+
+
 class ManifestTally:
     """What a manifest holds, counted as its rows go by part after part (:meth:`count`): ``ok`` and
-    ``labels`` of every row (5 bytes a row), the ``failed`` rows (``index``, ``origin``, ``error``), and a
-    check that the rows come in index order, each once.
+    ``labels`` of every row (5 bytes a row), the ``failed`` rows (``index``, ``origin``, ``error``), the
+    number ``skipped`` (outside the filters: neither ok nor in ``failed``), and a check that the rows come in
+    index order, each once.
 
     Examples
     --------
     >>> tally = ManifestTally()
-    >>> parts = [pd.DataFrame({"index": [0, 1], "origin": ["a", "b"], "status": ["ok", "failed"],
-    ...                        "error": [None, "bad"], "label_id": [0, 1]})]
+    >>> parts = [pd.DataFrame({"index": [0, 1, 2], "origin": ["a", "b", "c"], "status": ["ok", "failed", "skipped"],
+    ...                        "error": [None, "bad", "small"], "label_id": [0, 1, 1]})]
     >>> _ = list(tally.count(parts))
-    >>> tally.rows, tally.ok.tolist(), tally.failed["error"].tolist()
-    (2, [True, False], ['bad'])
+    >>> tally.rows, tally.ok.tolist(), tally.failed["error"].tolist(), tally.skipped
+    (3, [True, False, False], ['bad'], 1)
     """
 
     def __init__(self) -> None:
         self.rows = 0
+        #: rows outside the write-time filters (counted, not kept: a filter may skip most of a dataset)
+        self.skipped = 0
         self._ok: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._failed: list[pd.DataFrame] = []
@@ -86,7 +103,11 @@ class ManifestTally:
             self._ok.append(ok)
             self._labels.append(rows["label_id"].to_numpy(np.int32))
             if not ok.all():
-                self._failed.append(rows.loc[~ok, ["index", "origin", "error"]])
+                skipped = (rows["status"] == Status.SKIPPED.value).to_numpy()
+                self.skipped += int(skipped.sum())
+                failed = ~ok & ~skipped
+                if failed.any():
+                    self._failed.append(rows.loc[failed, ["index", "origin", "error"]])
             self.rows += len(rows)
             yield rows
 

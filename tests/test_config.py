@@ -85,7 +85,8 @@ NON_DEFAULT_CONFIGS = {
                                     resample="lanczos", background="#102030", pad_color=(1, 2, 3), quality=55,
                                     formats=["jpeg", "png"], draft_factor=4),
     "shortest-jpeg": PresizeConfig.build(sizes=[160], mode="shortest", format="jpeg", only_if_bigger=True,
-                                         max_pixels=1_000_000, max_bytes=5_000_000, draft_factor=1.5),
+                                         max_pixels=1_000_000, max_bytes=5_000_000, draft_factor=1.5,
+                                         min_side=32, max_aspect=2.5),
     "zarr-zstd-masks": PresizeConfig.build(sizes=["32x16"], mode="squash", compression="zstd", masks=True,
                                            draft_factor=8, chunk=3),
 }

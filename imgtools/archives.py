@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import gzip
 import struct
 import tarfile
 import threading
@@ -105,6 +106,14 @@ def stream_of(origin: str) -> str | None:
     return archive if is_stream(archive) else None
 
 
+def _open_stream(f: IO[bytes]) -> tarfile.TarFile:
+    """A compressed tar's members in one forward pass over ``f``. The gzip layer is Python's
+    :class:`gzip.GzipFile` under tarfile's plain stream, not tarfile's own ``r|gz``: tarfile's decompresses
+    each 10 KiB block whole and slices the rest, so a member of zeros (a 2 MB archive claiming 2 GiB)
+    costs gigabytes of copying to skip; GzipFile decompresses at most what is asked for."""
+    return tarfile.open(fileobj=gzip.GzipFile(fileobj=f, mode="rb"), mode="r|")
+
+
 def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     while (member := tar.next()) is not None:
         tar.members.clear()  # tarfile keeps every header it has seen; a big archive has millions
@@ -155,7 +164,7 @@ def _list_once(fs: Any, path: str) -> list[Member]:
                 with zipfile.ZipFile(f) as zf:
                     return [Member(i.filename, i.header_offset, i.compress_size, i.file_size)
                             for i in zf.infolist() if not i.is_dir()]
-            with tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
+            with _open_stream(f) if compressed else tarfile.open(fileobj=f, mode="r:") as tar:
                 return [Member(m.name, -1, -1, m.size) if compressed
                         else Member(m.name, m.offset_data, m.size, m.size, m.chksum) for m in _tar_members(tar)]
     except Exception as exc:
@@ -292,7 +301,7 @@ class TarCursor:
         fs, path = resolve(archive)
         f = fs.open(path, "rb")
         try:
-            self._tar = tarfile.open(fileobj=f, mode="r|*")
+            self._tar = _open_stream(f)
         except BaseException:
             f.close()
             raise

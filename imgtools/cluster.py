@@ -7,6 +7,8 @@ the only one that reads ``$DASK_SCHEDULER_ADDRESS`` (:func:`scheduler_address`).
 The workers of a local cluster that imgtools starts load this module as their preload (:func:`dask_setup`):
 each imports the per-image code and loads (or compiles) the resampling kernels in a thread while the
 cluster is still starting and the client plans, and leaves without the interpreter's teardown once closed.
+An :class:`EarlyCluster` starts such a cluster in a thread before the job is planned (the CLI's
+``--workers N``), so that its start-up overlaps the client's imports and listing.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from .memory import WORKER_ENV_OVERRIDES
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["where_to_run", "Placement", "get_client", "current_client", "scheduler_address", "dashboard_link",
-           "dask_setup", "dask_teardown"]
+__all__ = ["where_to_run", "Placement", "EarlyCluster", "get_client", "current_client", "scheduler_address",
+           "dashboard_link", "dask_setup", "dask_teardown"]
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
@@ -105,6 +107,66 @@ def _local_cluster(workers: int | None) -> Client:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787",
                                preload=[__name__])  # dask_setup below, in each worker
     return Client(cluster)
+
+
+def _close_local(client: Client) -> None:
+    """Close a client of :func:`_local_cluster` and its cluster."""
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+class EarlyCluster:
+    """A local cluster of ``workers`` processes, started in a thread from now on, for a job that the caller
+    has yet to plan: the CLI starts it before it imports the pipeline and lists SOURCE, so that the
+    cluster's start-up overlaps the client's own (1-2 s). :meth:`client` waits for it (and raises what
+    starting it raised); :meth:`close` closes it, waiting for a start that is under way.
+
+    Examples
+    --------
+    >>> early = EarlyCluster(2)                      # doctest: +SKIP
+    >>> import imgtools.pipeline                     # doctest: +SKIP
+    >>> report = imgtools.pipeline.presize("photos/", "photos.zarr", client=early.client())  # doctest: +SKIP
+    >>> early.close()                                # doctest: +SKIP
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers {workers!r} must be at least 1")
+        self._done = threading.Event()
+        self._client: Client | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._start, args=(workers,), name="imgtools-early-cluster", daemon=True).start()
+
+    def _start(self, workers: int) -> None:
+        try:
+            self._client = _local_cluster(workers)
+        except BaseException as exc:  # handed to the caller of client()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def client(self) -> Client:
+        """The cluster's client, once it has started."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._client is not None
+        return self._client
+
+    def close(self) -> None:
+        """Close the cluster (after its start, if that is still under way)."""
+        self._done.wait()
+        if self._client is not None:
+            _close_local(self._client)
+            self._client = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _closed = threading.Event()
@@ -185,9 +247,10 @@ class Placement:
 
     Attributes
     ----------
-    existing : distributed.Client or None
-        The client every job runs on: the one given, one connected to a named scheduler, or the current
-        default client. None: decided per job by :meth:`client`.
+    existing : distributed.Client, EarlyCluster or None
+        The client every job runs on: the one given (an :class:`EarlyCluster` is waited for by the first
+        job that needs it), one connected to a named scheduler, or the current default client. None:
+        decided per job by :meth:`client`.
     workers : int or None
         Without ``existing``: ``0`` runs in this process; ``N`` starts a local cluster of N processes for
         each job; None one of one process per core, except that a job of one task runs in this process.
@@ -201,7 +264,7 @@ class Placement:
     None
     """
 
-    existing: Client | None = None
+    existing: Client | EarlyCluster | None = None
     workers: int | None = None
     owned: bool = False
 
@@ -229,7 +292,7 @@ class Placement:
         None
         """
         if tasks >= 1 and self.existing is not None:
-            yield self.existing
+            yield self.existing.client() if isinstance(self.existing, EarlyCluster) else self.existing
             return
         if tasks < 1 or self.workers == 0 or (self.workers is None and tasks == 1):
             yield None
@@ -238,10 +301,7 @@ class Placement:
         try:
             yield made
         finally:
-            cluster = made.cluster
-            made.close()
-            if cluster is not None:
-                cluster.close()
+            _close_local(made)
 
     def close(self) -> None:
         """Close ``existing`` if :func:`where_to_run` connected it (a named scheduler); else nothing."""
@@ -267,7 +327,7 @@ def where_to_run(client: Any = None, scheduler: str | None = None, workers: int 
 
     Parameters
     ----------
-    client : distributed.Client, optional
+    client : distributed.Client or EarlyCluster, optional
         Run on this client (it is not closed).
     scheduler : str, optional
         Address of a running Dask scheduler (then leave ``workers`` out).

@@ -23,6 +23,7 @@ def run(args, env=None, timeout=300):
 
 @pytest.mark.parametrize("args,message", [
     (["presize", "{missing}", "{dest}"], "does not exist"),
+    (["presize", "{missing}", "{dest}", "--workers", "1"], "does not exist"),  # the cluster started early closes
     (["presize", "{src}", "{dest}", "--size", "0"], "size '0'"),
     (["presize", "{src}", "{dest}", "--size", "big"], "size 'big'"),
     (["presize", "{src}", "{dest}", "--mode", "stretch"], "--mode"),

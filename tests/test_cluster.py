@@ -14,7 +14,7 @@ import pytest
 
 import imgtools
 from conftest import tree_bytes
-from imgtools.cluster import Placement, where_to_run
+from imgtools.cluster import EarlyCluster, Placement, where_to_run
 from imgtools.config import PresizeConfig
 from imgtools.derive import derive
 from imgtools.errors import ConfigError
@@ -96,6 +96,22 @@ def test_workers_0_runs_in_this_process_even_with_a_current_client(dask_client):
 def test_a_job_of_no_tasks_runs_nowhere(dask_client):
     with where_to_run(client=dask_client) as where, where.client(0) as client:
         assert client is None
+
+
+def test_an_early_cluster_serves_the_jobs_that_need_one_and_closes_after():
+    with EarlyCluster(1) as early:
+        with where_to_run(client=early, workers=1) as where:
+            with where.client(0) as client:  # no work: nothing waits for the cluster
+                assert client is None
+            with where.client(2) as client:
+                assert client.submit(sum, [1, 2]).result() == 3
+        assert client.status == "running"  # the caller's to close, not the job's
+    assert client.status == "closed"
+
+
+def test_an_early_cluster_of_no_workers_is_refused_naming_them():
+    with pytest.raises(ConfigError, match="workers 0"):
+        EarlyCluster(0)
 
 
 def test_a_named_scheduler_is_connected_at_once_used_and_closed_at_the_end(dask_client):

@@ -35,6 +35,8 @@ __all__ = ["where_to_run", "Placement", "EarlyCluster", "get_client", "current_c
            "dashboard_link", "dask_setup", "dask_teardown"]
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+#: The dashboard port of the local clusters imgtools starts, when it is free (Dask's default).
+DASHBOARD_PORT = 8787
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::1"})
 
@@ -94,6 +96,17 @@ def _connect(address: str, default: bool = True) -> Client:
         raise ConfigError(f"scheduler {address!r} cannot be reached: {exc}") from None
 
 
+def _dashboard_port() -> str:
+    """Dask's usual dashboard port, ``:8787``, when it is free, else any free one: a second run beside a
+    first gets its own dashboard (whose link is printed) without Dask's warning on stderr."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", DASHBOARD_PORT))
+        except OSError:
+            return ":0"
+    return f":{DASHBOARD_PORT}"
+
+
 def _local_cluster(workers: int | None) -> Client:
     """A client of a new LocalCluster of ``workers`` single-threaded worker processes (default: one per core)."""
     from distributed import Client, LocalCluster
@@ -104,7 +117,7 @@ def _local_cluster(workers: int | None) -> Client:
     import dask
 
     with dask.config.set(WORKER_ENV_OVERRIDES):  # and so the nanny leaves this process's environment alone
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":8787",
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=_dashboard_port(),
                                preload=[__name__])  # dask_setup below, in each worker
     return Client(cluster)
 

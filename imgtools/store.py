@@ -56,8 +56,10 @@ class Part:
 class ArrayLayout(abc.ABC):
     """How an array output names and encodes its chunk files (made from the output's location and sizes)."""
 
-    def __init__(self, location: Location, sizes: Sequence[str]):  # noqa: B027 - not abstract: NpyLayout inherits it
-        """Nothing to set up by default (layouts that need the location or sizes override this)."""
+    def __init__(self, location: Location, sizes: Sequence[str], channels: int = 3):
+        """The ``channels`` of the stored images; nothing else to set up by default (layouts that need the
+        location or sizes override this)."""
+        self.channels = int(channels)
 
     @abc.abstractmethod
     def part(self, size: str, k: int, rows: int) -> Part:
@@ -74,7 +76,7 @@ class NpyLayout(ArrayLayout):
     def part(self, size: str, k: int, rows: int) -> Part:
         from .sinks.npy import NpySink
 
-        shape = (rows,) + _pixel_shape(size)
+        shape = (rows,) + _pixel_shape(size, self.channels)
         return Part(NpySink.part(size, k), _npy_header_bytes(shape), rows, True)
 
     def decode(self, size: str, part: Part, data: bytes) -> np.ndarray:
@@ -85,9 +87,10 @@ class ZarrLayout(ArrayLayout):
     """``<size>/images/c/<k>/0/0/0`` as zarr names it; pixels as they are without a compressor, else Blosc
     or Zstd (decoded with numcodecs, the codecs zarr itself uses)."""
 
-    def __init__(self, location: Location, sizes: Sequence[str]):
+    def __init__(self, location: Location, sizes: Sequence[str], channels: int = 3):
         import zarr
 
+        super().__init__(location, sizes, channels)
         from .sinks.zarr_sink import ZarrSink
 
         group = ZarrSink.open_group(location, "r")
@@ -120,9 +123,9 @@ def _decoder(codecs: list[Any]):
     raise UnsupportedError(f"zarr codecs {codecs!r} are not ones imgtools writes")
 
 
-def _pixel_shape(size: str) -> tuple[int, int, int]:
+def _pixel_shape(size: str, channels: int = 3) -> tuple[int, int, int]:
     s = parse_size(size)
-    return s.height, s.width, 3
+    return s.height, s.width, channels
 
 
 def _npy_header_bytes(shape: tuple[int, ...]) -> int:
@@ -152,8 +155,10 @@ class Reader(abc.ABC):
     """Pixels of one output by manifest row. Made on the client; pickles without its per-process state."""
 
     def __init__(self, location: Location, chunk: int, n: int, disk: BoundCache | None = None,
-                 memory_bytes: int = 256 << 20, policy: retry.RetryPolicy = retry.DEFAULT_POLICY):
+                 memory_bytes: int = 256 << 20, policy: retry.RetryPolicy = retry.DEFAULT_POLICY, channels: int = 3):
         self.location = location
+        #: channels of every image read (1: L, 3: RGB, 4: RGBA), as the output's config says
+        self.channels = int(channels)
         self.chunk = chunk
         self.n = n
         self.disk = disk if not location.local else None
@@ -193,8 +198,8 @@ class Reader(abc.ABC):
         """All images of chunk ``k``."""
 
     def gather(self, size: str, rows: Sequence[int]) -> np.ndarray:
-        """Images of ``rows`` (any order) as one new (len(rows), H, W, 3) array; fixed sizes only."""
-        out = np.empty((len(rows),) + _pixel_shape(size), np.uint8)
+        """Images of ``rows`` (any order) as one new (len(rows), H, W, C) array; fixed sizes only."""
+        out = np.empty((len(rows),) + _pixel_shape(size, self.channels), np.uint8)
         for j, i in enumerate(rows):
             img = self.image(size, int(i))
             out[j] = 0 if img is None else img
@@ -222,7 +227,7 @@ class ArrayReader(Reader):
         return self.gather(size, [i])[0]
 
     def gather(self, size: str, rows: Sequence[int]) -> np.ndarray:
-        shape = _pixel_shape(size)
+        shape = _pixel_shape(size, self.channels)
         nbytes = shape[0] * shape[1] * shape[2]
         out = np.empty((len(rows),) + shape, np.uint8)
         rows = np.asarray(rows, np.int64)
@@ -255,7 +260,7 @@ class ArrayReader(Reader):
         return self.disk.local(part.relpath) if self.disk is not None else None
 
     def _map(self, path: str, part: Part, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The chunk file at ``path`` memory-mapped as (slots, H, W, 3), kept open (None: zarr never wrote it,
+        """The chunk file at ``path`` memory-mapped as (slots, H, W, C), kept open (None: zarr never wrote it,
         all fill value)."""
         maps = self.proc.maps
         mapped = maps.get(path)
@@ -280,11 +285,12 @@ class ArrayReader(Reader):
     def chunk_images(self, size: str, k: int) -> np.ndarray:
         part = self.part(size, k)
         local = self._local_path(part)
+        shape = _pixel_shape(size, self.channels)
         if part.raw and local is not None and self._held(size, k) is None:
-            mapped = self._map(local, part, _pixel_shape(size))
+            mapped = self._map(local, part, shape)
             rows = self.rows_of(k)
-            return np.zeros((rows,) + _pixel_shape(size), np.uint8) if mapped is None else np.array(mapped[:rows])
-        return self._whole(size, k).reshape((-1,) + _pixel_shape(size))[: self.rows_of(k)].copy()
+            return np.zeros((rows,) + shape, np.uint8) if mapped is None else np.array(mapped[:rows])
+        return self._whole(size, k).reshape((-1,) + shape)[: self.rows_of(k)].copy()
 
     def _whole(self, size: str, k: int) -> np.ndarray:
         """Chunk ``k`` decoded (flat, read-only, kept in the memory cache)."""
@@ -309,7 +315,7 @@ class ArrayReader(Reader):
                     self.disk.put(part.relpath, data)
             flat = self.layout.decode(size, part, data)
         except FileNotFoundError:
-            flat = np.zeros(part.slots * int(np.prod(_pixel_shape(size))), np.uint8)
+            flat = np.zeros(part.slots * int(np.prod(_pixel_shape(size, self.channels))), np.uint8)
         finally:
             self.proc.inflight.pop((size, k), None)
         self.proc.memory.put((size, k), flat)
@@ -332,8 +338,12 @@ class ArrayReader(Reader):
             proc.inflight[key] = proc.pool.submit(self._fetch, *key)
 
 
+#: The Pillow mode of an image by its channels.
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
 class FileReader(Reader):
-    """Mirrored image files: one file per image, decoded with Pillow."""
+    """Mirrored image files: one file per image, decoded with Pillow to the output's channels (H, W, C)."""
 
     def __init__(self, location: Location, relpaths: Sequence[str], ok: np.ndarray, fmt: OutputFormat, chunk: int,
                  **kwargs: Any):
@@ -357,7 +367,8 @@ class FileReader(Reader):
                 out.append(None)
                 continue
             with Image.open(io.BytesIO(blobs[self.location.path(self._relpath(size, i))])) as img:
-                out.append(np.array(img.convert("RGB")))
+                arr = np.array(img.convert(_MODES[self.channels]))
+            out.append(arr[:, :, None] if arr.ndim == 2 else arr)
         return out
 
     def image(self, size: str, i: int) -> np.ndarray | None:
@@ -381,7 +392,7 @@ LAYOUTS: dict[OutputFormat, type[ArrayLayout]] = {OutputFormat.ZARR: ZarrLayout,
 
 
 def make_reader(location: Location, fmt: OutputFormat, sizes: Sequence[str], chunk: int, relpaths: Sequence[str],
-                ok: np.ndarray, **kwargs: Any) -> Reader:
+                ok: np.ndarray, channels: int = 3, **kwargs: Any) -> Reader:
     """The reader of an output of format ``fmt`` at ``location``.
 
     Examples
@@ -389,6 +400,11 @@ def make_reader(location: Location, fmt: OutputFormat, sizes: Sequence[str], chu
     >>> make_reader(Location.resolve("memory://none"), OutputFormat.PNG, ["8x8"], 4, ["a.png"], np.ones(1, bool)).n
     1
     """
+    if fmt is OutputFormat.WEBDATASET:
+        from .shards import ShardReader
+
+        return ShardReader(location, ok, chunk, channels=channels, **kwargs)
     if fmt in LAYOUTS:
-        return ArrayReader(location, LAYOUTS[fmt](location, sizes), chunk, len(relpaths), **kwargs)
-    return FileReader(location, relpaths, ok, fmt, chunk, **kwargs)
+        return ArrayReader(location, LAYOUTS[fmt](location, sizes, channels), chunk, len(relpaths), channels=channels,
+                           **kwargs)
+    return FileReader(location, relpaths, ok, fmt, chunk, channels=channels, **kwargs)

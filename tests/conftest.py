@@ -228,6 +228,19 @@ def read_back(dest: pathlib.Path, fmt: str, key: str) -> list[np.ndarray | None]
         parts = sorted((dest / key).glob("part-*.npy"))
         arr = np.concatenate([np.load(p, mmap_mode="r") for p in parts])
         assert np.load(dest / "ok.npy").tolist() == ok.tolist()
+    elif fmt == "webdataset":  # tar shards: each ok row's image member, keyed by its index
+        import tarfile
+
+        got: dict[int, np.ndarray] = {}
+        for shard in sorted((dest / key).glob("shard-*.tar")):
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    name, _, ext = member.name.partition(".")
+                    if ext in ("jpg", "png", "webp"):
+                        with Image.open(tar.extractfile(member)) as img:
+                            got[int(name)] = np.asarray(img.convert("RGB"))
+        assert sorted(got) == np.flatnonzero(ok).tolist()
+        return [got.get(i) for i in range(len(m))]
     else:
         return [load_rgb(dest / key / output_relpath(r, OutputFormat(fmt))) if k else None
                 for r, k in zip(m["relpath"], ok)]

@@ -22,7 +22,7 @@ from imgtools.engine import process_image
 from imgtools.errors import DestinationError
 from imgtools.sinks.files import output_relpath
 
-ALL = ["zarr", "npy", "jpeg", "png", "webp"]
+ALL = ["zarr", "npy", "jpeg", "png", "webp", "webdataset"]
 LOSSLESS = {"zarr", "npy", "png"}
 
 
@@ -158,7 +158,8 @@ def _run_cli(args, **kw):
                             stderr=subprocess.DEVNULL, start_new_session=True, **kw)
 
 
-@pytest.mark.parametrize("fmt,workers", [("zarr", "0"), ("npy", "0"), ("jpeg", "0"), ("zarr", "2")])
+@pytest.mark.parametrize("fmt,workers", [("zarr", "0"), ("npy", "0"), ("jpeg", "0"), ("webdataset", "0"),
+                                        ("zarr", "2")])
 def test_sigkill_part_way_then_rerun_gives_identical_output(slow_source, tmp_path, fmt, workers):
     args = ["presize", slow_source, None, "--size", "32", "--size", "48x40", "--format", fmt, "--chunk", "8",
             "--workers", workers, "--quiet"]

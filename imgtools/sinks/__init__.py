@@ -17,10 +17,11 @@ from .base import Chunk, Sink
 from .files import ImageFileSink
 from .ledger import ATTRS_FILE, JOB_FILE, LOCK_FILE, MANIFEST, MARKER_DIR, RunLedger
 from .npy import NpySink
+from .webdataset import WebDatasetSink
 from .zarr_sink import ZarrSink
 
 __all__ = ["Chunk", "Sink", "RunLedger", "ZarrSink", "NpySink", "ImageFileSink", "SINKS", "make_sink", "detect",
-           "Output", "read_info", "JOB_FILE", "LOCK_FILE", "MANIFEST", "MARKER_DIR", "ATTRS_FILE"]
+           "WebDatasetSink", "Output", "read_info", "JOB_FILE", "LOCK_FILE", "MANIFEST", "MARKER_DIR", "ATTRS_FILE"]
 
 #: Output forms by format.
 SINKS: dict[OutputFormat, type[Sink]] = {
@@ -29,6 +30,7 @@ SINKS: dict[OutputFormat, type[Sink]] = {
     OutputFormat.JPEG: ImageFileSink,
     OutputFormat.PNG: ImageFileSink,
     OutputFormat.WEBP: ImageFileSink,
+    OutputFormat.WEBDATASET: WebDatasetSink,
 }
 
 

@@ -3,7 +3,8 @@
 A Gaussian anti-alias prefilter (``dask_image.ndfilters``, sigma = 0.25 / scale per axis, as in the
 presizing recipe), then linear resampling of each chunk; the new arrays are added to the same store and
 listed in its attributes. Label masks, when the output has them, are resampled nearest-neighbour. Works on
-zarr and npy outputs. It holds the run lock of DEST while it works (as presize does; see
+zarr and npy outputs of any channels (1, 3, 4): the new sizes keep them; RGBA is filtered and resampled
+premultiplied by its alpha, as presize resizes it. It holds the run lock of DEST while it works (as presize does; see
 :mod:`imgtools.sinks.lock`): a DEST another run writes is refused, and a derive whose lock was taken over
 does not list its sizes.
 """
@@ -27,7 +28,7 @@ from .schema import OutputInfo
 from .sinks import Sink, detect, read_info
 from .sinks.lock import RunLock
 
-__all__ = ["derive", "DeriveReport", "resample_block", "nearest_block"]
+__all__ = ["derive", "DeriveReport", "resample_block", "nearest_block", "premultiply_block"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,22 @@ class DeriveReport:
                 f"{self.seconds:.1f} s ({self.images_per_second:.0f} images/s) -> {self.dest}")
 
 
-def resample_block(block: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Linear resampling of an (n, H, W, C) float block to (n, height, width, C) uint8 (pixel-edge aligned).
+def premultiply_block(block: np.ndarray) -> np.ndarray:
+    """An (n, H, W, 4) RGBA float block with its colour multiplied by its alpha (``c * a / 255``).
+
+    Examples
+    --------
+    >>> premultiply_block(np.array([[[[200.0, 100.0, 0.0, 51.0]]]], np.float32))[0, 0, 0].tolist()
+    [40.0, 20.0, 0.0, 51.0]
+    """
+    out = block.astype(np.float32, copy=True)
+    out[..., :3] *= out[..., 3:] / np.float32(255)
+    return out
+
+
+def resample_block(block: np.ndarray, height: int, width: int, premultiplied: bool = False) -> np.ndarray:
+    """Linear resampling of an (n, H, W, C) float block to (n, height, width, C) uint8 (pixel-edge aligned);
+    a ``premultiplied`` RGBA block (see :func:`premultiply_block`) is divided by its alpha again.
 
     Examples
     --------
@@ -61,6 +76,10 @@ def resample_block(block: np.ndarray, height: int, width: int) -> np.ndarray:
 
     zoom = (1.0, height / block.shape[1], width / block.shape[2], 1.0)
     out = ndimage.zoom(block, zoom, order=1, grid_mode=True, mode="nearest", prefilter=False)
+    if premultiplied:
+        alpha = out[..., 3:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[..., :3] = np.where(alpha > 0, out[..., :3] * np.float32(255) / alpha, 0)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -136,13 +155,18 @@ def _derive_locked(info: OutputInfo, sink: Sink, source_size: str, sizes: Iterab
         _check(src, t, key)
         if key in info.sizes:
             raise ConfigError(f"size {key!r} is already in {dest!r}")
-    images = _load(sink, source_size, src, info.n)
+    channels = int(config.channels)
+    images = _load(sink, source_size, src, info.n, channels=channels)
+    alpha = channels == 4  # filtered premultiplied, so transparent pixels' colour never bleeds
+    pixels = images.astype(np.float32)
+    if alpha:
+        pixels = pixels.map_blocks(premultiply_block, dtype=np.float32)
     writes = []
     for t, key in zip(targets, keys):
         sigma = (0.0, 0.25 * src.height / t.height, 0.25 * src.width / t.width, 0.0)
-        smooth = gaussian_filter(images.astype(np.float32), sigma=sigma, mode="nearest")
-        out = smooth.map_blocks(resample_block, t.height, t.width, dtype=np.uint8,
-                                chunks=(images.chunks[0], (t.height,), (t.width,), (3,)))
+        smooth = gaussian_filter(pixels, sigma=sigma, mode="nearest")
+        out = smooth.map_blocks(resample_block, t.height, t.width, alpha, dtype=np.uint8,
+                                chunks=(images.chunks[0], (t.height,), (t.width,), (channels,)))
         writes.append(_store(sink, key, t, out))
         if config.masks:  # labels stay labels: nearest neighbour, no prefilter
             masks = _load(sink, source_size, src, info.n, masks=True)
@@ -171,9 +195,9 @@ def _open(dest: str, storage_options) -> tuple[OutputInfo, Sink]:
     return output.info, output.sink
 
 
-def _load(sink: Sink, key: str, size: Size, n: int, masks: bool = False) -> da.Array:
+def _load(sink: Sink, key: str, size: Size, n: int, masks: bool = False, channels: int = 3) -> da.Array:
     chunk = sink.config.chunk
-    tail = (size.height, size.width) + (() if masks else (3,))
+    tail = (size.height, size.width) + (() if masks else (channels,))
     parts = [da.from_delayed(dask.delayed(sink.read_part)(key, i, masks), (min(chunk, n - start),) + tail,
                              dtype=np.uint8)
              for i, start in enumerate(range(0, n, chunk))]

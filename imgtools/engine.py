@@ -7,6 +7,8 @@ of one image is a manifest row with its reason, never an exception out of :func:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
 import logging
 import os
@@ -296,12 +298,23 @@ def run_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink
     ['timed out after 30 s']
     """
     reasons = dict(timed_out or {})
+    _warm(config)  # a process's one-time costs (the kernels loaded or compiled) are not an image's time
 
     def work(watch: Watch) -> int:
         return len(process_chunk(items, chunk_index, config, sink, with_timeouts(reuse, reasons), session=session,
                                  watch=watch))
 
     return run_watched(work, config.image_timeout, give_up(sink, chunk_index, config, reasons, restart))
+
+
+@functools.lru_cache(maxsize=8)
+def _warm(config: PresizeConfig) -> None:
+    """One tiny image through decode and resize with ``config``, once per process and config."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 64, 32)).save(buf, "PNG")
+    process_image(buf.getvalue(), dataclasses.replace(config, formats=("PNG",)))
 
 
 def give_up(sink: Sink, chunk_index: int, config: PresizeConfig, reasons: dict[str, str], restart: bool):

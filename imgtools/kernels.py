@@ -28,6 +28,7 @@ __all__ = [
     "float_to_u8_ref",
     "normalize",
     "normalize_ref",
+    "NORMALIZE_DEFAULTS",
     "hwc_to_chw",
     "chw_to_hwc",
     "jit",
@@ -245,9 +246,31 @@ def _normalize(src, scale, offset, out):  # pragma: no cover - compiled
             out[i, k] = np.float32(src[i, k]) * scale[k] + offset[k]
 
 
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+#: ``(mean, std)`` that :func:`normalize` uses by channel count: ImageNet's for RGB; for luminance the mean
+#: of ImageNet's three (0.449, 0.226, as timm adapts RGB weights to one channel); for RGBA ImageNet's, with
+#: alpha left as ``a / 255`` (mean 0, std 1).
+NORMALIZE_DEFAULTS: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    1: ((0.449,), (0.226,)),
+    3: _IMAGENET,
+    4: (_IMAGENET[0] + (0.0,), _IMAGENET[1] + (1.0,)),
+}
+
+
 def _norm_coefficients(mean, std, c: int) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.broadcast_to(np.asarray(mean, np.float32), (c,))
-    std = np.broadcast_to(np.asarray(std, np.float32), (c,))
+    if mean is None or std is None:
+        if c not in NORMALIZE_DEFAULTS:
+            raise ValueError(f"no default mean and std for {c} channels: give them")
+        mean = NORMALIZE_DEFAULTS[c][0] if mean is None else mean
+        std = NORMALIZE_DEFAULTS[c][1] if std is None else std
+    values = {}
+    for name, v in (("mean", mean), ("std", std)):
+        arr = np.asarray(v, np.float32).reshape(-1)
+        if arr.size not in (1, c):
+            raise ValueError(f"{name} {np.asarray(v).tolist()} has {arr.size} values for {c} channels")
+        values[name] = np.broadcast_to(arr, (c,))
+    mean, std = values["mean"], values["std"]
     if np.any(std == 0):
         raise ValueError(f"std {std.tolist()} has a zero")
     scale = (np.float32(1.0 / 255.0) / std).astype(np.float32)
@@ -255,13 +278,17 @@ def _norm_coefficients(mean, std, c: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, offset
 
 
-def normalize(arr: np.ndarray, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> np.ndarray:
-    """Channel-last uint8 pixels (any leading shape) to float32 ``(x / 255 - mean) / std``.
+def normalize(arr: np.ndarray, mean=None, std=None) -> np.ndarray:
+    """Channel-last uint8 pixels (any leading shape) to float32 ``(x / 255 - mean) / std``; ``mean`` and
+    ``std`` hold one value or one per channel, and default to :data:`NORMALIZE_DEFAULTS` for the channel
+    count (ImageNet's for RGB).
 
     Examples
     --------
     >>> normalize(np.full((1, 1, 3), 255, np.uint8), mean=0.5, std=0.5).tolist()
     [[[1.0, 1.0, 1.0]]]
+    >>> round(float(normalize(np.full((1, 1, 1), 255, np.uint8))[0, 0, 0]), 2)  # L: (1 - 0.449) / 0.226
+    2.44
     """
     src = np.ascontiguousarray(arr, dtype=np.uint8)
     c = src.shape[-1]
@@ -271,10 +298,11 @@ def normalize(arr: np.ndarray, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.
     return out
 
 
-def normalize_ref(arr: np.ndarray, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> np.ndarray:
+def normalize_ref(arr: np.ndarray, mean=None, std=None) -> np.ndarray:
     """NumPy reference of :func:`normalize` (computed in float64)."""
-    mean = np.asarray(mean, np.float64)
-    std = np.asarray(std, np.float64)
+    defaults = NORMALIZE_DEFAULTS.get(arr.shape[-1], (None, None))
+    mean = np.asarray(defaults[0] if mean is None else mean, np.float64)
+    std = np.asarray(defaults[1] if std is None else std, np.float64)
     return ((arr.astype(np.float64) / 255.0 - mean) / std).astype(np.float32)
 
 

@@ -44,7 +44,8 @@ def _dist() -> tuple[int, int]:
 class ChunkStream(IterableDataset):
     """Shuffled ``(x, y)`` batches of one size of a :class:`~imgtools.readers.Dataset` (its ok images),
     read in whole chunks. Give it to ``DataLoader(stream, batch_size=None, num_workers=N)`` or use
-    :meth:`loader`. ``x`` is uint8 NHWC, or float32 ``(x / 255 - mean) / std`` with ``normalize``, in
+    :meth:`loader`. ``x`` is uint8 NHWC (C: the output's channels), or float32 ``(x / 255 - mean) / std`` with
+    ``normalize`` (``True``: the defaults for C, :data:`imgtools.kernels.NORMALIZE_DEFAULTS`), in
     ``layout`` NHWC or NCHW; ``y`` is int64 (-1 where there is no label).
 
     Parameters
@@ -69,7 +70,7 @@ class ChunkStream(IterableDataset):
 
     def __init__(self, dataset: Dataset, batch_size: int = 64, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, rank: int | None = None, world_size: int | None = None,
-                 window_chunks: int = 2, streams: int = 12, normalize: tuple[Any, Any] | None = None,
+                 window_chunks: int = 2, streams: int = 12, normalize: tuple[Any, Any] | bool | None = None,
                  layout: str = "NHWC"):
         if not dataset.config.format.is_array:
             raise ConfigError(f"a stream reads zarr or npy outputs; {dataset.dest!r} holds "

@@ -25,7 +25,7 @@ from .chunkcache import BoundCache, DiskCache
 from .config import OutputFormat, parse_size
 from .errors import ConfigError, UnsupportedError
 from .order import EpochPlan
-from .pictures import save_png
+from .pictures import save_png, thumbnail
 from .schema import ok_mask
 from .sinks import MANIFEST, detect
 from .sinks.zarr_sink import ZarrSink
@@ -73,9 +73,11 @@ class Dataset:
         if disk is not None and not self.location.local:
             token = self.location.fs.ukey(manifest_path) + json.dumps(info.to_attrs(), sort_keys=True)
             bound = disk.bind(self.location.fs.unstrip_protocol(self.location.root), token)
+        #: channels of every image (1: L, 3: RGB, 4: RGBA): arrays are (..., H, W, channels)
+        self.channels: int = int(self.config.channels)
         self.reader: Reader = make_reader(self.location, self.config.format, self.sizes if self.config.format.is_array
                                           else [], self.config.chunk, list(self.manifest["relpath"]), self.ok,
-                                          disk=bound)
+                                          channels=self.channels, disk=bound)
         #: the size ``ds[j]`` reads (the first one unless :meth:`view` says otherwise)
         self.size: str = self.sizes[0]
         #: manifest rows of the images ``ds[j]`` reads: the ok ones unless :meth:`view` says otherwise
@@ -145,7 +147,7 @@ class Dataset:
         return s.height, s.width
 
     def images(self, size: str | None = None):
-        """All images of one fixed size as a lazy dask array (N, H, W, 3), chunked as stored."""
+        """All images of one fixed size as a lazy dask array (N, H, W, C), chunked as stored."""
         import dask
         import dask.array as da
 
@@ -155,7 +157,8 @@ class Dataset:
         if self.config.format is OutputFormat.ZARR:
             return da.from_zarr(ZarrSink.open_group(self.location)[f"{size}/images"])
         read = self.reader.chunk_images if self.config.format.is_array else self._chunk
-        blocks = [da.from_delayed(dask.delayed(read)(size, k), (self.reader.rows_of(k), h, w, 3), dtype=np.uint8)
+        blocks = [da.from_delayed(dask.delayed(read)(size, k), (self.reader.rows_of(k), h, w, self.channels),
+                                   dtype=np.uint8)
                   for k in range(-(-n // chunk))]
         return da.concatenate(blocks)
 
@@ -165,7 +168,7 @@ class Dataset:
         if isinstance(got, np.ndarray):
             return got
         h, w = self._shape(size)
-        return np.stack([np.zeros((h, w, 3), np.uint8) if a is None else a for a in got])
+        return np.stack([np.zeros((h, w, self.channels), np.uint8) if a is None else a for a in got])
 
     def chunks(self, size: str | None = None, order: Sequence[int] | None = None,
                prefetch: int = PREFETCH) -> Iterator[tuple[int, np.ndarray]]:
@@ -186,7 +189,7 @@ class Dataset:
 
     def stream(self, size: str | None = None, batch_size: int = 64, *, seed: int = 0, shuffle: bool = True,
                drop_last: bool = False, rank: int | None = None, world_size: int | None = None,
-               window_chunks: int = 2, streams: int = 12, normalize: tuple[Any, Any] | None = None,
+               window_chunks: int = 2, streams: int = 12, normalize: tuple[Any, Any] | bool | None = None,
                layout: str = "NHWC"):
         """A PyTorch ``IterableDataset`` of shuffled ``(x, y)`` batches that reads whole chunks, shares them
         equally among ranks and workers, and resumes mid-epoch: see :class:`imgtools.loaders.ChunkStream`
@@ -204,11 +207,13 @@ class Dataset:
                            normalize=normalize, layout=layout)
 
     def batches(self, size: str | None = None, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
-                normalize: tuple[Any, Any] | None = None, layout: str = "NHWC", drop_failed: bool = True,
+                normalize: tuple[Any, Any] | bool | None = None, layout: str = "NHWC", drop_failed: bool = True,
                 buffer_chunks: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One epoch of ``(x, y)`` NumPy batches, reading whole chunks (in shuffled order, then shuffled
         within a buffer of ``buffer_chunks`` chunks). ``x`` is uint8, or float32 ``(x / 255 - mean) / std``
-        with ``normalize=(mean, std)``; ``layout`` is ``NHWC`` or ``NCHW``. Every ok image comes exactly once.
+        with ``normalize=(mean, std)`` (a value per channel, or one for all; ``normalize=True``: the defaults
+        for the output's channels, :data:`imgtools.kernels.NORMALIZE_DEFAULTS`); ``layout`` is ``NHWC`` or
+        ``NCHW``. Every ok image comes exactly once.
 
         Examples
         --------
@@ -225,7 +230,7 @@ class Dataset:
                          streams=1)
         return self.view(size, failed=not drop_failed).read_batches(plan.batches(0), normalize, layout)
 
-    def read_batches(self, batches: Sequence[np.ndarray], normalize: tuple[Any, Any] | None = None,
+    def read_batches(self, batches: Sequence[np.ndarray], normalize: tuple[Any, Any] | bool | None = None,
                      layout: str = "NHWC", lookahead: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(x, y)`` for each array of manifest rows in ``batches``, at this view's size, reading the chunks
         of the next ``lookahead`` batches ahead when the store is remote."""
@@ -239,14 +244,17 @@ class Dataset:
 
     @staticmethod
     def _finish(x: np.ndarray, normalize, layout: str) -> np.ndarray:
-        if normalize is not None:
+        if normalize is True:
+            x = kernels.normalize(x)
+        elif normalize is not None and normalize is not False:
             x = kernels.normalize(x, *normalize)
         return kernels.hwc_to_chw(x) if layout == "NCHW" else x
 
     def show(self, size: str | None = None, n: int = 64, seed: int = 0, out: str | None = None,
              thumb: int = 96) -> Image.Image:
         """A contact sheet: ``n`` random ok images (of the largest size unless ``size`` is given) with their
-        labels under them, the failed inputs listed beside. Saved as PNG to ``out`` (a path or URL) when given.
+        labels under them (grey ones grey, RGBA ones over the white sheet), the failed inputs listed beside.
+        Saved as PNG to ``out`` (a path or URL) when given.
 
         Examples
         --------
@@ -264,11 +272,11 @@ class Dataset:
         sheet = Image.new("RGB", (cols * thumb + side_w, max(rows * cell_h, 16 + 12 * min(len(failed), 40))), "white")
         draw = ImageDraw.Draw(sheet)
         for k, i in enumerate(pick):
-            img = self.reader.image(size, int(i))
-            tile = Image.fromarray(img)
-            tile.thumbnail((thumb, thumb))
+            tile = thumbnail(self.reader.image(size, int(i)), thumb)
             x, y = (k % cols) * thumb, (k // cols) * cell_h
-            sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
+            # grey tiles as grey; RGBA ones over the white sheet, by their alpha
+            sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2),
+                        tile if tile.mode == "RGBA" else None)
             label = self.manifest["label"].iloc[i]
             draw.text((x + 2, y + thumb), (str(label) if isinstance(label, str) else "-")[: thumb // 6], fill="black")
         if len(failed):

@@ -5,6 +5,11 @@ output canvas; the same plan tells the decoder how much resolution it may drop (
 
 The resampler (:mod:`imgtools.resample`, Numba) is imported on the first resize, not with this module: a
 client that only plans and gathers (the CLI, ``presize`` on a cluster) never loads Numba.
+
+Images have 1 (L), 3 (RGB) or 4 (RGBA) channels, each resampled alike. RGBA with any alpha below 255 is
+resampled premultiplied, as Pillow's ``Image.resize`` does it (Pillow's own ``RGBa`` conversions, so a fully
+transparent pixel's colour never bleeds into its neighbours). The padding of ``pad`` is ``pad_color``: its
+``L`` for one channel, and transparent (alpha 0, as ``ImageOps.pad`` pads RGBA) for four.
 """
 
 from __future__ import annotations
@@ -91,10 +96,32 @@ def draft_request(width: int, height: int, config: PresizeConfig) -> tuple[int, 
     return min(need_w, width), min(need_h, height)
 
 
+def _premultiplied(pixels: np.ndarray) -> np.ndarray | None:
+    """An RGBA image with some transparency premultiplied (Pillow's ``RGBa``); None for any other image
+    (nothing to premultiply: opaque RGBA premultiplies to itself)."""
+    if pixels.ndim != 3 or pixels.shape[2] != 4 or pixels[:, :, 3].min() == 255:
+        return None
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).convert("RGBa"))
+
+
+def _unpremultiplied(pixels: np.ndarray) -> np.ndarray:
+    """Premultiplied RGBa pixels back to RGBA, as Pillow converts them."""
+    h, w = pixels.shape[:2]
+    img = Image.frombuffer("RGBa", (w, h), np.ascontiguousarray(pixels), "raw", "RGBa", 0, 1)
+    return np.asarray(img.convert("RGBA"))
+
+
+def _pad_pixel(config: PresizeConfig, channels: int) -> np.ndarray:
+    """The padding of one pixel: ``pad_color``, its ``L`` for one channel, transparent for four."""
+    if channels == 1:
+        return np.asarray(Image.new("RGB", (1, 1), config.pad_color).convert("L"), np.uint8).reshape(1)
+    return np.asarray(config.pad_color + ((0,) if channels == 4 else ()), np.uint8)
+
+
 def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig,
            original: tuple[int, int]) -> np.ndarray:
-    """Resize one upright RGB image (H x W x 3 uint8) to ``size`` following ``config`` (mode, filter,
-    pad colour).
+    """Resize one upright image (H x W x C uint8, C = 1, 3 or 4) to ``size`` following ``config`` (mode,
+    filter, pad colour).
 
     ``original`` is the (width, height) the image had before any draft reduction: the plan is made on it,
     so the output does not depend on how much the decoder reduced.
@@ -105,8 +132,14 @@ def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig,
     >>> resize(img, Size(64, 64), PresizeConfig.build(mode="pad"), (400, 200)).shape
     (64, 64, 3)
     """
-    p = plan(original[0], original[1], size, config.mode, config.only_if_bigger)
     pixels = np.asarray(pixels)
+    return _resize(pixels, _premultiplied(pixels), size, config, original)
+
+
+def _resize(pixels: np.ndarray, premultiplied: np.ndarray | None, size: Size, config: PresizeConfig,
+            original: tuple[int, int]) -> np.ndarray:
+    """:func:`resize`, given the premultiplied image of RGBA with transparency (None otherwise)."""
+    p = plan(original[0], original[1], size, config.mode, config.only_if_bigger)
     height, width = pixels.shape[:2]
     fx, fy = width / original[0], height / original[1]
     x0, y0, x1, y1 = p.box
@@ -116,11 +149,16 @@ def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig,
     else:
         from .resample import Filter, resample  # here, not at the top: see the module's docstring
 
-        out = resample(pixels, box, p.scaled, Filter[config.resample.name])
+        kind = Filter[config.resample.name]
+        if premultiplied is None:
+            out = resample(pixels, box, p.scaled, kind)
+        else:
+            out = _unpremultiplied(resample(premultiplied, box, p.scaled, kind))
     if p.scaled == p.canvas:
         return out
-    canvas = np.empty((p.canvas[1], p.canvas[0], 3), np.uint8)
-    canvas[...] = np.asarray(config.pad_color, np.uint8)
+    channels = pixels.shape[2]
+    canvas = np.empty((p.canvas[1], p.canvas[0], channels), np.uint8)
+    canvas[...] = _pad_pixel(config, channels)
     ox, oy = p.offset
     canvas[oy : oy + out.shape[0], ox : ox + out.shape[1]] = out
     return canvas
@@ -128,7 +166,7 @@ def resize(pixels: np.ndarray | Image.Image, size: Size, config: PresizeConfig,
 
 def resize_all(pixels: np.ndarray | Image.Image, config: PresizeConfig,
                original: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Every size of ``config`` from one decoded RGB image (Pillow or H x W x 3 array), keyed by size name
+    """Every size of ``config`` from one decoded image (Pillow or H x W x C array), keyed by size name
     (``64x64``, ``short160``).
 
     Examples
@@ -138,7 +176,8 @@ def resize_all(pixels: np.ndarray | Image.Image, config: PresizeConfig,
     {'8x8': (8, 8, 3), '16x16': (16, 16, 3)}
     """
     array = np.asarray(pixels)
-    return {s.key(config.mode): resize(array, s, config, original) for s in config.sizes}
+    premultiplied = _premultiplied(array)  # once for every size
+    return {s.key(config.mode): _resize(array, premultiplied, s, config, original) for s in config.sizes}
 
 
 def is_identity(width: int, height: int, size: Size, config: PresizeConfig) -> bool:

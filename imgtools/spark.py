@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .config import DecodeLimits
+from .config import Channels, DecodeLimits
 from .errors import ConfigError
 
 __all__ = ["read_images", "to_array", "from_array", "IMAGE_SCHEMA", "OCV_TYPES"]
@@ -62,8 +62,8 @@ def _partition_columns(relpath: str) -> dict[str, str]:
 
 
 def _image_rows(items: pd.DataFrame, limits: DecodeLimits, channel_order: str, drop_invalid: bool,
-                keys: list[str], storage_options: dict[str, Any] | None) -> pd.DataFrame:
-    from .decode import decode_native
+                keys: list[str], storage_options: dict[str, Any] | None, native: bool = True) -> pd.DataFrame:
+    from .decode import decode, decode_native
     from .errors import DecodeError
     from .sources import read_bytes
 
@@ -73,7 +73,7 @@ def _image_rows(items: pd.DataFrame, limits: DecodeLimits, channel_order: str, d
         try:
             if isinstance(raw, BaseException):
                 raise DecodeError(str(raw))
-            arr = decode_native(raw, limits)
+            arr = decode_native(raw, limits) if native else decode(raw, limits).pixels
         except DecodeError:
             if drop_invalid:
                 continue
@@ -100,9 +100,11 @@ def _image_frame(rows: list[dict[str, Any]], keys: list[str]) -> pd.DataFrame:
 
 def read_images(source: str, recursive: bool = True, drop_invalid: bool = True, sample_ratio: float = 1.0,
                 seed: int = 0, npartitions: int | None = None, channel_order: str = "RGB",
-                storage_options: dict[str, Any] | None = None, path_glob_filter: str | None = None):
+                storage_options: dict[str, Any] | None = None, path_glob_filter: str | None = None,
+                channels: int | None = None):
     """Images as a Dask DataFrame with Spark's image schema: ``origin``, ``height``, ``width``,
-    ``nChannels`` (1, 3 or 4, as decoded), ``mode`` (OpenCV type: 0, 16, 24; -1 when invalid), ``data``
+    ``nChannels`` (1, 3 or 4: as decoded, or every image brought to ``channels`` as presize brings it,
+    transparency composited over white for 1 and 3), ``mode`` (OpenCV type: 0, 16, 24; -1 when invalid), ``data``
     (row-major bytes; ``channel_order="BGR"`` gives Spark's own BGR(A) order byte for byte), plus one text
     column per ``key=value`` folder name. As Spark's image source, every file is listed (hidden ones
     aside), image or not: undecodable files are dropped, or with ``drop_invalid=False`` kept as rows of -1
@@ -125,6 +127,7 @@ def read_images(source: str, recursive: bool = True, drop_invalid: bool = True, 
         raise ConfigError(f"channel_order {channel_order!r} is not RGB or BGR")
     if not 0.0 < sample_ratio <= 1.0:
         raise ConfigError(f"sample_ratio {sample_ratio!r} must be in (0, 1]")
+    limits = DecodeLimits() if channels is None else DecodeLimits(channels=Channels.parse(channels))
     items = list_source(source, LabelSource.NONE, storage_options, every_file=True).items
     if path_glob_filter is not None:
         items = items[[fnmatch.fnmatchcase(posixpath.basename(rel), path_glob_filter) for rel in items["relpath"]]]
@@ -133,9 +136,9 @@ def read_images(source: str, recursive: bool = True, drop_invalid: bool = True, 
     if sample_ratio < 1.0:
         items = items[np.random.default_rng(seed).random(len(items)) < sample_ratio]
     keys = sorted({k for rel in items["relpath"] for k in _partition_columns(rel)})
-    limits = DecodeLimits()
     n = max(1, min(len(items), npartitions or -(-len(items) // 256)))
     bounds = np.linspace(0, len(items), n + 1).astype(int)
-    parts = [dask.delayed(_image_rows)(items.iloc[a:b], limits, channel_order, drop_invalid, keys, storage_options)
+    parts = [dask.delayed(_image_rows)(items.iloc[a:b], limits, channel_order, drop_invalid, keys, storage_options,
+                                       channels is None)
              for a, b in zip(bounds[:-1], bounds[1:])]
     return dd.from_delayed(parts, meta=_image_frame([], keys), verify_meta=False)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import os
 import posixpath
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from fsspec.implementations.local import LocalFileSystem
 
 from ..config import OutputFormat, PresizeConfig
 from ..errors import UnsupportedError
@@ -50,10 +52,10 @@ class Chunk:
     def labels(self) -> np.ndarray:
         return self.rows["label_id"].to_numpy(np.int32)
 
-    def stacked(self, key: str, height: int, width: int, masks: bool = False) -> np.ndarray:
-        """The images (or masks) of one fixed size as an (n, H, W, 3) (or (n, H, W)) array, zeros where
-        there is none."""
-        shape = (len(self.rows), height, width) if masks else (len(self.rows), height, width, 3)
+    def stacked(self, key: str, height: int, width: int, masks: bool = False, channels: int = 3) -> np.ndarray:
+        """The images (or masks) of one fixed size as an (n, H, W, channels) (or (n, H, W)) array, zeros
+        where there is none."""
+        shape = (len(self.rows), height, width) if masks else (len(self.rows), height, width, channels)
         out = np.zeros(shape, np.uint8)
         for i, arr in enumerate((self.masks if masks else self.images)[key]):
             if arr is not None:
@@ -78,6 +80,9 @@ class Sink(abc.ABC):
     #: marker is trusted by chunk number. False for mirrored files: markers are trusted by ``relpath``,
     #: so adding images to SOURCE and re-running only does the new ones (the presized-file cache).
     positional: ClassVar[bool] = True
+    #: Rows below this one hold data an earlier run wrote (the base of an append, see :mod:`imgtools.append`):
+    #: writing a chunk leaves their data as it is (an append rewrites the base's last, partial chunk).
+    kept: int = 0
 
     def __init__(self, dest: str | Location, config: PresizeConfig, storage_options: dict[str, Any] | None = None):
         self.location = dest if isinstance(dest, Location) else Location.resolve(str(dest), storage_options)
@@ -98,10 +103,25 @@ class Sink(abc.ABC):
         """Write many files (bytes by relative path) in one call (see :func:`write_files`)."""
         write_files(self.fs, {self.path(relpath): data for relpath, data in files.items()})
 
+    def put_whole(self, relpath: str, data: bytes) -> None:
+        """Replace a file so that a kill leaves the old file or the new one, never a part of it: on a local
+        disk, a temporary ``<name>.<run>.partial`` beside it renamed over it; stores that replace an object
+        whole (buckets) take it as it is."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return self.put(relpath, data)
+        path = self.path(relpath)
+        temporary = f"{path}.{self.ledger.run_id}.partial"
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+
     # ---- client side -------------------------------------------------------------------------------
-    def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False) -> pd.DataFrame:
+    def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False,
+                keep: int | None = None) -> pd.DataFrame:
         """Lock DEST for this run and get it ready for ``job`` (config and inputs) and the listed ``items``
         (see :meth:`RunLedger.prepare`); returns the manifest rows earlier runs of the same job finished.
+        ``keep``: an append keeping DEST's first ``keep`` rows (their data is then left alone: :attr:`kept`).
 
         Raises
         ------
@@ -112,7 +132,8 @@ class Sink(abc.ABC):
             This form cannot hold the listed items (see :meth:`_check_items`); DEST is left untouched.
         """
         self._check_items(items)
-        return self.ledger.prepare(job, overwrite, lambda: self._create(items))
+        self.kept = keep or 0
+        return self.ledger.prepare(job, overwrite, lambda: self._create(items), keep=keep)
 
     def check_items(self, items: pd.DataFrame) -> None:
         """Raise ConfigError when this form cannot hold the listed ``items`` (what :meth:`prepare` checks

@@ -6,6 +6,9 @@ The presizing cache of the fastai and S3-caching recipes: any size, including th
 (``a.JPG`` -> ``a.JPG``), else gains the format's (``a.png`` -> ``a.png.jpg``). An output that would be the
 source file's own pixels in the same format is a copy of the file, not a re-encoding. Markers are trusted
 by relative path, so adding images to SOURCE and running again only does the new ones.
+
+Files hold the channels of ``config.channels``: ``L``, RGB or RGBA (jpeg holds no alpha, so the config refuses
+4 with jpeg; WebP has no grey, so Pillow stores ``L`` as RGB there, and it is read back as ``L``).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class ImageFileSink(Sink):
         buf = io.BytesIO()
         fmt = self.config.format.pillow_format
         params: dict[str, Any] = {"quality": self.config.quality} if fmt in ("JPEG", "WEBP") else {}
-        Image.fromarray(image).save(buf, fmt, **params)
+        Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buf, fmt, **params)
         return buf.getvalue()
 
     def _write(self, chunk: Chunk) -> None:

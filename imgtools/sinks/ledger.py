@@ -9,6 +9,10 @@
 - ``.imgtools/listing/<p>.parquet``: the inputs of a run on a cluster, a row group per chunk, so that a
   task carries chunk numbers and its worker reads its rows here (:meth:`RunLedger.write_listing`,
   :meth:`RunLedger.listing_rows`) instead of the rows travelling in the task graph.
+- ``.imgtools/timeouts/<k>.json``: the images of chunk ``k`` that ran past the per-image time limit, by
+  ``relpath``, with their reason (:meth:`RunLedger.record_timeouts`), written before the process that ran
+  them gives them up; every later try of the chunk, in this run or a resumed one, takes them as failed
+  rows instead of decoding them again (see :mod:`imgtools.watchdog`). Kept when the run completes.
 - ``manifest.parquet`` then the attributes, last: an output is complete when both exist.
 
 A ledger knows nothing of the layout's files; a layout (:class:`~imgtools.sinks.base.Sink`) owns one and
@@ -32,12 +36,13 @@ from ..errors import DestinationError
 from ..location import Location
 from .lock import LOCK_FILE, LOCK_TTL, RunLock
 
-__all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "LISTING_DIR", "MANIFEST", "ATTRS_FILE", "LOCK_TTL",
-           "parquet_bytes"]
+__all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "LISTING_DIR", "TIMEOUT_DIR", "MANIFEST", "ATTRS_FILE",
+           "LOCK_TTL", "parquet_bytes"]
 
 JOB_FILE = ".imgtools/job.json"
 MARKER_DIR = ".imgtools/chunks"
 LISTING_DIR = ".imgtools/listing"
+TIMEOUT_DIR = ".imgtools/timeouts"
 #: Rows of a listing part, about (whole chunks): small enough to read whole for one chunk, few files at 100M.
 LISTING_PART_ROWS = 65536
 MANIFEST = "manifest.parquet"
@@ -85,9 +90,15 @@ class RunLedger:
         self.location.fs.pipe_file(path, data)
 
     # ---- the job -----------------------------------------------------------------------------------
-    def prepare(self, job: dict[str, Any], overwrite: bool, create: Callable[[], None]) -> pd.DataFrame:
+    def prepare(self, job: dict[str, Any], overwrite: bool, create: Callable[[], None],
+                keep: int | None = None) -> pd.DataFrame:
         """Lock DEST for this run and get it ready for ``job``: ``create()`` makes the layout's empty output
         (idempotent). Returns the manifest rows earlier runs of the same job finished (:meth:`done_rows`).
+
+        ``keep`` (an append, see :mod:`imgtools.append`): DEST's first ``keep`` rows stay and ``job`` may list
+        more inputs than the recorded job (its config must be the same); the job record is then replaced and
+        the done markers from the chunk holding row ``keep`` on are dropped, so that a rerun of an
+        interrupted append resumes it.
 
         Raises
         ------
@@ -106,7 +117,11 @@ class RunLedger:
                 self._clear()
                 ours = False
             previous = self._read_job() if ours else None
-            if previous is not None and not self._same_job(previous, job):
+            if previous is not None and not self._same_job(previous, job) and keep is not None and (
+                    _with_defaults(previous.get("config", {})) == _with_defaults(job.get("config", {}))):
+                self._drop_markers(keep // int(job["config"]["chunk"]))
+                self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())  # the append's job
+            elif previous is not None and not self._same_job(previous, job):
                 raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
                                        "use --overwrite to start again")
             fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
@@ -139,6 +154,19 @@ class RunLedger:
         if self.positional:
             return previous == job
         return previous.get("config") == job.get("config")
+
+    def recorded_job(self) -> dict[str, Any] | None:
+        """The job DEST records (None when there is none), its config completed with the defaults of
+        settings an older imgtools did not record."""
+        job = self._read_job()
+        return None if job is None else {**job, "config": _with_defaults(job.get("config", {}))}
+
+    def _drop_markers(self, first: int) -> None:
+        """Remove the done markers of chunks ``first`` and after."""
+        fs = self.location.fs
+        for index in sorted(self.marker_indices()):
+            if index >= first:
+                fs.rm_file(self.path(MARKER_DIR, f"{index:07d}.parquet"))
 
     def _nonempty(self) -> bool:
         fs, root = self.location.fs, self.location.root
@@ -184,6 +212,38 @@ class RunLedger:
                 continue
             frames.append(rows.assign(chunk=int(posixpath.basename(path).split(".")[0])))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"chunk": [], "relpath": []})
+
+    # ---- images past the time limit ---------------------------------------------------------------
+    def record_timeouts(self, index: int, reasons: dict[str, str]) -> None:
+        """Record chunk ``index``'s images that ran past the time limit (``relpath`` -> reason), with those
+        recorded before; written before the stuck image is given up on, so that no try decodes it again.
+
+        Examples
+        --------
+        >>> ledger = RunLedger(Location.resolve("memory://imgtools-doc/timeouts"), positional=True)
+        >>> ledger.record_timeouts(3, {"cat/1.png": "timed out after 120 s"})
+        >>> ledger.timeouts(3), ledger.timeouts(4)
+        ({'cat/1.png': 'timed out after 120 s'}, {})
+        """
+        merged = {**self.timeouts(index), **reasons}
+        self.put(posixpath.join(TIMEOUT_DIR, f"{index:07d}.json"), json.dumps(merged, sort_keys=True).encode())
+
+    def timeouts(self, index: int) -> dict[str, str]:
+        """Chunk ``index``'s images recorded as past the time limit: ``relpath`` -> reason (one read)."""
+        try:
+            return json.loads(self.location.fs.cat_file(self.path(TIMEOUT_DIR, f"{index:07d}.json")))
+        except FileNotFoundError:
+            return {}
+
+    def all_timeouts(self) -> dict[int, dict[str, str]]:
+        """Every chunk's images recorded as past the time limit, by chunk number (for a resumed run)."""
+        fs = self.location.fs
+        try:
+            listed = fs.ls(self.path(TIMEOUT_DIR), detail=False, refresh=True)
+        except FileNotFoundError:
+            return {}
+        indices = [int(posixpath.basename(p).split(".")[0]) for p in listed if p.endswith(".json")]
+        return {k: found for k in indices if (found := self.timeouts(k))}
 
     # ---- the listing, for workers ------------------------------------------------------------------
     def write_listing(self, items: pd.DataFrame, chunk: int) -> None:
@@ -298,8 +358,9 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     diffs = []
-    for key in sorted(set(old.get("config", {})) | set(new.get("config", {}))):
-        a, b = old.get("config", {}).get(key), new.get("config", {}).get(key)
+    old_config, new_config = _with_defaults(old.get("config", {})), _with_defaults(new.get("config", {}))
+    for key in sorted(set(old_config) | set(new_config)):
+        a, b = old_config.get(key), new_config.get(key)
         if a != b:
             diffs.append(f"{key}: {a!r} there, {b!r} now")
     if old.get("inputs") != new.get("inputs"):

@@ -1,6 +1,6 @@
-"""``.npy`` output: ``<size>/part-00000.npy`` (n, H, W, 3) uint8 per chunk, memory-mappable; ``ok.npy``,
-``labels.npy`` and ``imgtools.json`` (the attributes) written last from the manifest; with masks,
-``<size>/masks-part-00000.npy`` (n, H, W) uint8 beside each part."""
+"""``.npy`` output: ``<size>/part-00000.npy`` (n, H, W, C) uint8 per chunk (C: ``config.channels``),
+memory-mappable; ``ok.npy``, ``labels.npy`` and ``imgtools.json`` (the attributes) written last from the
+manifest; with masks, ``<size>/masks-part-00000.npy`` (n, H, W) uint8 beside each part."""
 
 from __future__ import annotations
 
@@ -42,11 +42,26 @@ class NpySink(Sink):
         self.put(self.part(key, index, masks), npy_bytes(arr))
 
     def _write(self, chunk: Chunk) -> None:
+        keep = min(max(self.kept - chunk.start, 0), len(chunk.rows))  # rows of an append's base: kept as they are
         for size, key in zip(self.config.sizes, self.config.size_keys):
-            self.write_part(key, chunk.index, chunk.stacked(key, size.height, size.width))
+            self._write_part(key, chunk.index, chunk.stacked(key, size.height, size.width,
+                                                             channels=self.config.channels), keep)
             if self.config.masks:
-                self.write_part(key, chunk.index, chunk.stacked(key, size.height, size.width, masks=True), masks=True)
+                self._write_part(key, chunk.index, chunk.stacked(key, size.height, size.width, masks=True), keep,
+                                 masks=True)
+
+    def _write_part(self, key: str, index: int, arr: np.ndarray, keep: int, masks: bool = False) -> None:
+        """:meth:`write_part`, except that with ``keep`` the first ``keep`` rows are those of the part already
+        there (an append's base, never decoded again) and the part is replaced whole, so that a kill
+        leaves the old part or the new one (:meth:`Sink.put_whole`)."""
+        if not keep:
+            return self.write_part(key, index, arr, masks)
+        arr[:keep] = self.read_part(key, index, masks)[:keep]
+        self.put_whole(self.part(key, index, masks), npy_bytes(arr))
 
     def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:
+        for key in self.config.size_keys if self.kept else ():  # a replacement a kill cut short (put_whole)
+            for leftover in self.fs.glob(self.path(key, "*.partial")):
+                self.fs.rm_file(leftover)
         self.put("ok.npy", npy_bytes(ok))
         self.put("labels.npy", npy_bytes(labels.astype(np.int32)))

@@ -1,5 +1,5 @@
-"""zarr v3 output: ``<size>/images`` (N, H, W, 3) uint8, ``ok`` (N,) bool, ``labels`` (N,) int32, and
-with masks ``<size>/masks`` (N, H, W) uint8."""
+"""zarr v3 output: ``<size>/images`` (N, H, W, C) uint8 (C: ``config.channels``, 1, 3 or 4), ``ok`` (N,)
+bool, ``labels`` (N,) int32, and with masks ``<size>/masks`` (N, H, W) uint8."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ class ZarrSink(Sink):
     def _create(self, items: pd.DataFrame) -> None:
         group = zarr.open_group(self._store(), mode="a", zarr_format=3, use_consolidated=False)
         if "labels" in group:  # made by the earlier run of this job (labels come last)
+            if group["labels"].shape[0] < len(items):  # an append: every array grows, chunks stay as they are
+                self._grow(group, len(items))
             return
         n = len(items)
         c = self.config.chunk
@@ -79,9 +81,17 @@ class ZarrSink(Sink):
         group.create_array("labels", shape=(n,), dtype="int32", chunks=(c,), fill_value=-1, overwrite=True,
                            dimension_names=("image",), config=_WRITE_ALL)
 
+    def _grow(self, group, n: int) -> None:
+        """Every array of the group to ``n`` rows (metadata only: no chunk is touched), ``labels`` last."""
+        names = [f"{key}/{kind}" for key in self.config.size_keys
+                 for kind in ("images", "masks") if kind == "images" or self.config.masks]
+        for name in [*names, "ok", "labels"]:
+            array = group[name]
+            array.resize((n, *array.shape[1:]))
+
     def create_images(self, group, key: str, n: int, size, masks: bool = False):
-        """The empty ``<key>/images`` (n, H, W, 3) or ``<key>/masks`` (n, H, W) array, chunked by images."""
-        shape = (n, size.height, size.width) + (() if masks else (3,))
+        """The empty ``<key>/images`` (n, H, W, C) or ``<key>/masks`` (n, H, W) array, chunked by images."""
+        shape = (n, size.height, size.width) + (() if masks else (int(self.config.channels),))
         return group.create_array(f"{key}/{'masks' if masks else 'images'}", shape=shape, dtype="uint8",
                                   chunks=(self.config.chunk,) + shape[1:], fill_value=0, overwrite=True,
                                   compressors=_CODECS[self.config.compression](),
@@ -102,13 +112,17 @@ class ZarrSink(Sink):
     def _write(self, chunk: Chunk) -> None:
         group = self.group("r+")
         stop = chunk.start + len(chunk.rows)
+        # rows an earlier run wrote (an append's base) are left out: zarr merges the rest into the chunk object
+        start = min(max(chunk.start, self.kept), stop)
+        skip = start - chunk.start
         for size, key in zip(self.config.sizes, self.config.size_keys):
-            _writable(group, f"{key}/images")[chunk.start : stop] = chunk.stacked(key, size.height, size.width)
+            _writable(group, f"{key}/images")[start : stop] = chunk.stacked(key, size.height, size.width,
+                                                                            channels=self.config.channels)[skip:]
             if self.config.masks:
-                _writable(group, f"{key}/masks")[chunk.start : stop] = chunk.stacked(key, size.height, size.width,
-                                                                                      masks=True)
-        _writable(group, "ok")[chunk.start : stop] = chunk.ok
-        _writable(group, "labels")[chunk.start : stop] = chunk.labels
+                _writable(group, f"{key}/masks")[start : stop] = chunk.stacked(key, size.height, size.width,
+                                                                                masks=True)[skip:]
+        _writable(group, "ok")[start : stop] = chunk.ok[skip:]
+        _writable(group, "labels")[start : stop] = chunk.labels[skip:]
 
     def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:  # ok and labels went with their chunks
         # zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it; a run killed in

@@ -2,11 +2,9 @@
 stale, refreshed and released only while still held; presize, derive and sync all take it.
 
 Stores: a local folder; moto's S3 server (which honours If-None-Match / If-Match on PutObject and If-Match on
-DeleteObject); gcp-storage-emulator as the suite runs it ("gs"), which ignores ``ifGenerationMatch`` (its
-upload and delete handlers never read it, see test_the_gcs_emulator_ignores_generation_preconditions), so the
-tests whose outcome rests on the precondition also run against "gs+pre": the same emulator with a check of
-``ifGenerationMatch`` added to its insert and delete handlers (its server handles one request at a time, so
-the check and the write are atomic there as they are on GCS).
+DeleteObject); gcp-storage-emulator as imgtools.testing runs it ("gs"), whose insert and delete handlers are
+made to check ``ifGenerationMatch`` as GCS does (the plain emulator ignores it; see
+imgtools/testing/_gcs_emulator.py).
 """
 
 from __future__ import annotations
@@ -15,15 +13,11 @@ import dataclasses
 import itertools
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -46,58 +40,10 @@ from imgtools.sinks.lock import (
     lock_file,
 )
 from imgtools.sync import sync
-from imgtools.testing import Server, free_port
 
 ROUNDS = 20
-#: Stores whose conditional writes are honoured (the plain GCS emulator's are not).
-EXCLUSIVE = ["local", "gs+pre", "s3"]
-ALL = ["local", "gs", "gs+pre", "s3"]
-_EMULATOR_IGNORES = ("gcp-storage-emulator ignores ifGenerationMatch (its insert/delete handlers never read it); "
-                     "covered by gs+pre")
-
-# gcp-storage-emulator with ifGenerationMatch checked on uploads and deletes, as GCS checks it.
-_GCS_WITH_PRECONDITIONS = r"""
-import sys
-from http import HTTPStatus
-
-from gcp_storage_emulator import server
-from gcp_storage_emulator.exceptions import NotFound
-from gcp_storage_emulator.handlers import objects
-from imgtools.testing import _gcs_emulator
-
-
-def _generation(storage, bucket, name):
-    try:
-        return storage.get_file_obj(bucket, name)["generation"]
-    except NotFound:
-        return None
-
-
-def _checked(handler, name_of):
-    def checked(request, response, storage, *args, **kwargs):
-        want = request.query.get("ifGenerationMatch")
-        if want:
-            current = _generation(storage, request.params["bucket_name"], name_of(request))
-            if (current is not None) if want[0] == "0" else (current != want[0]):
-                response.status = HTTPStatus.PRECONDITION_FAILED
-                return None
-        return handler(request, response, storage, *args, **kwargs)
-    return checked
-
-
-def _upload_name(request):
-    return request.query["name"][0] if "name" in request.query else request.data["meta"].get("name")
-
-
-patched = {objects.insert: _checked(objects.insert, _upload_name),
-           objects.delete: _checked(objects.delete, lambda request: request.params["object_id"])}
-for _, handlers in server.HANDLERS:
-    for method, handler in list(handlers.items()):
-        if handler in patched:
-            handlers[method] = patched[handler]
-objects.insert, objects.delete = patched[objects.insert], patched[objects.delete]
-_gcs_emulator.main(int(sys.argv[1]))
-"""
+#: Stores with conditional writes (the memory store's check-then-write fallback is tested on its own).
+STORES = ["local", "gs", "s3"]
 
 # One racer process: resolves every round's DEST first, then at t0 + i * gap takes round i's lock.
 _RACER = r"""
@@ -139,48 +85,17 @@ class Store:
 _buckets = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def gcs_pre_server() -> Iterator[Server]:
-    """gcp-storage-emulator with ifGenerationMatch honoured (see _GCS_WITH_PRECONDITIONS), for this module."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", _GCS_WITH_PRECONDITIONS, str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=2).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the patched emulator did not start"
-                time.sleep(0.1)
-        yield Server("gs", endpoint, {"endpoint_url": endpoint, "token": "anon", "project": "test"},
-                     {"STORAGE_EMULATOR_HOST": endpoint})
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-
-
 def _store(request, tmp_path, name: str) -> Store:
     if name == "local":
         return Store(name, str(tmp_path), {})
-    server = request.getfixturevalue({"gs": "gcs_server", "gs+pre": "gcs_pre_server", "s3": "s3_server"}[name])
+    server = request.getfixturevalue({"gs": "gcs_server", "s3": "s3_server"}[name])
     url = server.make_bucket(f"lock-{next(_buckets):04d}-{os.getpid()}")
     return Store(name, url, server.options())
 
 
-@pytest.fixture(params=ALL)
+@pytest.fixture(params=STORES)
 def store(request, tmp_path) -> Store:
     """A fresh place for DESTs on each store."""
-    return _store(request, tmp_path, request.param)
-
-
-@pytest.fixture(params=EXCLUSIVE)
-def exclusive_store(request, tmp_path) -> Store:
-    """A fresh place for DESTs on each store whose conditional writes are honoured."""
     return _store(request, tmp_path, request.param)
 
 
@@ -225,20 +140,9 @@ def test_each_store_gets_its_conditional_writes_and_others_the_documented_fallba
     assert type(found) is cls and found.exclusive == (cls is not LockFile)
 
 
-def test_the_gcs_emulator_ignores_generation_preconditions(gcs_server):
-    """Why "gs+pre" exists: the plain emulator lets a create-if-absent overwrite. When this test fails, the
-    emulator honours ifGenerationMatch: drop the skips marked with _EMULATOR_IGNORES."""
-    loc = Store("gs", gcs_server.make_bucket(f"lock-probe-{os.getpid()}"), gcs_server.options()).location("probe")
-    file = lock_file(loc.fs, loc.path(LOCK_FILE))
-    first = file.create(b"first")
-    file.create(b"second")  # on GCS: 412, Lost
-    file.replace(b"third", first)  # on GCS: 412 (that generation is gone)
-    assert _holder_of(loc) is None and loc.fs.cat_file(loc.path(LOCK_FILE)) == b"third"
-
-
-def test_the_patched_emulator_answers_412_as_gcs_does(gcs_pre_server):
-    url = gcs_pre_server.make_bucket(f"lock-probe-{os.getpid()}")
-    loc = Store("gs+pre", url, gcs_pre_server.options()).location("probe")
+def test_the_emulator_answers_412_as_gcs_does(gcs_server):
+    url = gcs_server.make_bucket(f"lock-probe-{os.getpid()}")
+    loc = Store("gs", url, gcs_server.options()).location("probe")
     file = lock_file(loc.fs, loc.path(LOCK_FILE))
     first = file.create(b"first")
     with pytest.raises(Lost):
@@ -254,12 +158,12 @@ def test_the_patched_emulator_answers_412_as_gcs_does(gcs_pre_server):
 
 # ---- never two holders ------------------------------------------------------------------------------
 @pytest.mark.parametrize("start", ["no lock", "stale lock"])
-def test_threads_started_together_never_both_hold_the_lock(exclusive_store, start):
+def test_threads_started_together_never_both_hold_the_lock(store, start):
     for i in range(ROUNDS):
-        loc = exclusive_store.location(f"round-{i:03d}")
+        loc = store.location(f"round-{i:03d}")
         if start == "stale lock":
             _plant(loc, STALE["old heartbeat"]())
-        locks = [RunLock(Location.resolve(loc.url, exclusive_store.options)) for _ in range(3)]
+        locks = [RunLock(Location.resolve(loc.url, store.options)) for _ in range(3)]
         barrier = threading.Barrier(len(locks))
         won: list[str] = []
 
@@ -281,9 +185,9 @@ def test_threads_started_together_never_both_hold_the_lock(exclusive_store, star
         assert [lock.held for lock in locks].count(True) == 1
 
 
-def test_processes_started_together_never_both_hold_the_lock(exclusive_store):
+def test_processes_started_together_never_both_hold_the_lock(store):
     gap = 0.4
-    argv = [sys.executable, "-c", _RACER, f"{exclusive_store.url}/procs", json.dumps(exclusive_store.options),
+    argv = [sys.executable, "-c", _RACER, f"{store.url}/procs", json.dumps(store.options),
             str(ROUNDS), str(gap)]
     racers = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
@@ -302,7 +206,7 @@ def test_processes_started_together_never_both_hold_the_lock(exclusive_store):
     for i, rows in enumerate(zip(*results)):
         winners = [row["run"] for row in rows if row["run"] is not None]
         assert len(winners) == 1, f"round {i}: {len(winners)} processes hold the lock"
-        assert _holder_of(exclusive_store.location(f"procs/round-{i:03d}")).run == winners[0]
+        assert _holder_of(store.location(f"procs/round-{i:03d}")).run == winners[0]
     spreads = sorted(abs(a["started"] - b["started"]) for a, b in zip(*results))
     assert spreads[len(spreads) // 2] < gap / 4, f"the racers did not start together: {spreads}"
 
@@ -335,12 +239,12 @@ def test_a_stale_lock_is_taken_over(store, why):
     assert _holder_of(loc) is None
 
 
-def test_a_heartbeat_after_being_taken_over_raises_and_leaves_the_new_holder_alone(exclusive_store):
-    loc = exclusive_store.location("taken")
+def test_a_heartbeat_after_being_taken_over_raises_and_leaves_the_new_holder_alone(store):
+    loc = store.location("taken")
     first = RunLock(loc, ttl=0.5)
     first.acquire()
     time.sleep(0.6)  # no heartbeat for ttl: stale
-    second = RunLock(Location.resolve(loc.url, exclusive_store.options), ttl=0.5)
+    second = RunLock(Location.resolve(loc.url, store.options), ttl=0.5)
     second.acquire()
     with pytest.raises(DestinationError, match="was taken over by another run") as lost:
         first.refresh()
@@ -357,12 +261,12 @@ def test_a_heartbeat_after_being_taken_over_raises_and_leaves_the_new_holder_alo
     assert _holder_of(loc) is None
 
 
-def test_the_heartbeat_thread_keeps_a_lock_alive_past_its_ttl(exclusive_store):
-    loc = exclusive_store.location("beating")
+def test_the_heartbeat_thread_keeps_a_lock_alive_past_its_ttl(store):
+    loc = store.location("beating")
     with RunLock(loc, ttl=1.0).hold(every=0.1) as lock:
         time.sleep(1.5)
         with pytest.raises(DestinationError, match="being written by another run"):
-            RunLock(Location.resolve(loc.url, exclusive_store.options), ttl=1.0).acquire()
+            RunLock(Location.resolve(loc.url, store.options), ttl=1.0).acquire()
         lock.verify()
     assert _holder_of(loc) is None
 
@@ -385,7 +289,7 @@ def small_dir(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("name", ["local", "gs", "s3"])
+@pytest.mark.parametrize("name", STORES)
 def test_derive_refuses_a_dest_locked_by_another_run(small_dir, tmp_path, request, name):
     store = _store(request, tmp_path, name)
     dest = f"{store.url}/out.zarr"
@@ -415,7 +319,7 @@ def test_presize_refuses_a_dest_locked_by_another_run_and_overwrite_keeps_its_ow
     assert report.ok == 6 and not (dest / ".imgtools" / "lock.json").exists()
 
 
-@pytest.mark.parametrize("name", ["local", "gs", "s3"])
+@pytest.mark.parametrize("name", STORES)
 def test_sync_refuses_a_dst_locked_by_another_run(small_dir, tmp_path, request, name):
     store = _store(request, tmp_path, name)
     dst = f"{store.url}/copy"

@@ -417,3 +417,14 @@ def test_an_output_recorded_before_channels_is_the_same_job_and_opens_as_rgb(mix
     assert ds.channels == 3 and ds[0][0].shape == (32, 32, 3)
     with pytest.raises(imgtools.errors.DestinationError, match="channels: 3 there, 1 now"):
         presize(mixed, dest, 1, "npy")
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_webdataset_png_shards_hold_the_same_pixels_as_zarr(channels, mixed, outputs, tmp_path):
+    presize(mixed, tmp_path / "wds", channels, "webdataset", shard_image="png", chunk=4)
+    shards = imgtools.open(str(tmp_path / "wds"))
+    arrays = imgtools.open(str(outputs[channels, "zarr"]))
+    assert len(shards) == len(arrays) == 8
+    for j in range(len(shards)):
+        assert shards[j][0].shape == (32, 32, channels) and np.array_equal(shards[j][0], arrays[j][0])
+    assert shards.show(n=8, thumb=32).mode == "RGB"

@@ -83,7 +83,7 @@ def test_errors_are_builtin_subclasses_and_pickle():
 NON_DEFAULT_CONFIGS = {
     "pad-webp": PresizeConfig.build(sizes=[64, "224x160"], mode="pad", format="webp", labels="none", chunk=7,
                                     resample="lanczos", background="#102030", pad_color=(1, 2, 3), quality=55,
-                                    formats=["jpeg", "png"], draft_factor=4, image_timeout=30),
+                                    formats=["jpeg", "png"], draft_factor=4, image_timeout=30, channels=4),
     "shortest-jpeg": PresizeConfig.build(sizes=[160], mode="shortest", format="jpeg", only_if_bigger=True,
                                          max_pixels=1_000_000, max_bytes=5_000_000, draft_factor=1.5,
                                          min_side=32, max_aspect=2.5),

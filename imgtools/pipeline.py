@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ._version import __version__
+from .append import Extension, plan_append, record_lengths, reuse_base
 from .cluster import Placement, dashboard_link, where_to_run
 from .config import Compression, PresizeConfig, Size
 from .engine import give_up, process_one, run_chunk, with_timeouts
@@ -49,6 +50,11 @@ class PresizeReport:
     processed: int
     sizes: tuple[str, ...]
     failures: pd.DataFrame
+    #: with ``append``: how many inputs were appended (None: not an append), and the origins of the inputs
+    #: DEST holds that changed or vanished since (kept as they were, with ``allow_changed``)
+    appended: int | None = None
+    changed: tuple[str, ...] = ()
+    vanished: tuple[str, ...] = ()
 
     @property
     def images_per_second(self) -> float:
@@ -56,7 +62,12 @@ class PresizeReport:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
+        stale = (f"; {len(self.changed)} changed and {len(self.vanished)} vanished inputs kept as they were"
+                 if self.changed or self.vanished else "")
+        if self.appended == 0:
+            return f"nothing new to append: {self.total} images in {self.dest} already{stale}"
         resumed = f", {self.chunks_resumed} chunks resumed" if self.chunks_resumed else ""
+        resumed += f", {self.appended} appended{stale}" if self.appended else ""
         return (f"{self.total} images: {self.ok} ok, {self.failed} failed, {self.skipped} skipped; "
                 f"{self.processed} processed in "
                 f"{self.seconds:.1f} s ({self.images_per_second:.0f} images/s){resumed} -> {self.dest}")
@@ -91,6 +102,8 @@ def presize(
     masks: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    append: bool = False,
+    allow_changed: bool = False,
 ) -> PresizeReport:
     """Presize every image under ``source`` into ``dest``.
 
@@ -118,6 +131,12 @@ def presize(
         Delete an earlier output at ``dest`` (only one imgtools wrote) and start again.
     progress : bool
         Show a progress bar and the dashboard link.
+    append : bool
+        Add the inputs ``dest`` does not hold yet after its rows, leaving them as they are (same config as
+        ``dest``'s; a ``dest`` with no finished output is a normal run): see :mod:`imgtools.append`.
+    allow_changed : bool
+        With ``append``: append even though inputs ``dest`` holds changed or vanished since (their rows
+        stay as they are; the report lists them), instead of refusing.
 
     Returns
     -------
@@ -130,8 +149,13 @@ def presize(
     1000 images: 998 ok, 2 failed, 0 skipped; 1000 processed in 3.1 s (322 images/s) -> photos.zarr
     """
     config = _build_config(config, sizes, mode, format)
+    if append and overwrite:
+        raise ConfigError("--append keeps DEST's rows and --overwrite deletes them: give one of them")
+    if allow_changed and not append:
+        raise ConfigError("--allow-changed goes with --append")
     with where_to_run(client, scheduler, workers) as where:  # a named scheduler is reached before DEST is touched
-        return _presize(source, dest, config, where, storage_options, masks, overwrite, progress)
+        return _presize(source, dest, config, where, storage_options, masks, overwrite, progress,
+                        append, allow_changed)
 
 
 def _config_for(config: PresizeConfig, items: pd.DataFrame) -> PresizeConfig:
@@ -199,16 +223,27 @@ def _build_config(config, sizes, mode, format) -> PresizeConfig:
     return config
 
 
-def _presize(source, dest, config, where: Placement, storage_options, masks, overwrite, progress) -> PresizeReport:
+def _presize(source, dest, config, where: Placement, storage_options, masks, overwrite, progress,
+             append=False, allow_changed=False) -> PresizeReport:
     """presize() once where it runs is decided."""
     started = time.perf_counter()
     listing = list_source(source, config.labels, storage_options, masks=masks)
-    items = listing.items
+    items, label_names, lengths = listing.items, listing.label_names, listing.items["bytes"].to_numpy()
     config = _config_for(config, items)
     sink = make_sink(dest, config, storage_options)
-    done = sink.prepare(items, _job(config, items), overwrite=overwrite)
+    extension = plan_append(listing, sink, config, allow_changed) if append else None
+    if extension is not None and not extension.new:
+        return _nothing_new(sink, config, extension, started)
+    if extension is not None:  # DEST's rows, then the new inputs; the base's manifest kept until the end
+        items, label_names, lengths = extension.items, extension.label_names, extension.lengths
+        extension.start(sink)
+        done = sink.prepare(items, _job(config, items), overwrite=overwrite, keep=extension.base)
+    else:
+        done = sink.prepare(items, _job(config, items), overwrite=overwrite)
     with sink.ledger.lock.hold():  # a heartbeat; a run whose lock was taken over cannot complete DEST
         finished, todo = plan_chunks(items, config.chunk, done, sink.positional)
+        if extension is not None:  # the base rows of its last chunk are carried over, never read
+            todo = reuse_base(todo, extension, config.chunk)
         todo = _with_recorded_timeouts(todo, sink.ledger.all_timeouts())  # a resumed run never retries them
         bar = _progress(len(items), progress)
         bar.update(sum(len(rows) for rows in finished.values()))
@@ -225,11 +260,14 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
         earlier = OutputInfo.from_attrs(sink.read_attrs()) if done.size else None
         derived = earlier.derived if earlier is not None else {}  # sizes `imgtools derive` added stay listed
         info = OutputInfo(version=__version__, config=config.to_dict(), n=len(items),
-                          label_names=list(listing.label_names), source=listing.source,
+                          label_names=list(label_names), source=listing.source,
                           sizes=config.size_keys + [k for k in derived if k not in config.size_keys], derived=derived)
         chunks = len(finished) + len(todo)
+        record_lengths(sink, lengths)  # what the next append compares with
         tally = sink.finalize((finished[k] if k in finished else sink.ledger.read_marker(k) for k in range(chunks)),
                               info.to_attrs())  # the manifest, chunk after chunk, from the done markers
+    if extension is not None:
+        extension.finish(sink)
     if tally.rows != len(items):
         raise RuntimeError(f"internal error: {tally.rows} manifest rows for {len(items)} inputs")
     failed = tally.failed.reset_index(drop=True)
@@ -238,7 +276,27 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
                          failed=len(failed), skipped=tally.skipped,
                          seconds=time.perf_counter() - started, chunks_done=len(todo),
                          chunks_resumed=len(finished), processed=processed,
-                         sizes=tuple(config.size_keys), failures=failed)
+                         sizes=tuple(config.size_keys), failures=failed, **_appended(extension))
+
+
+def _appended(extension: Extension | None) -> dict[str, Any]:
+    """The report's append fields."""
+    if extension is None:
+        return {}
+    return {"appended": extension.new, "changed": tuple(extension.changed["origin"]),
+            "vanished": tuple(extension.vanished["origin"])}
+
+
+def _nothing_new(sink, config: PresizeConfig, extension: Extension, started: float) -> PresizeReport:
+    """The report of an append with nothing new: DEST as it is (nothing written)."""
+    rows = extension.base_rows
+    status = rows["status"]
+    failed = rows.loc[status == Status.FAILED.value, ["index", "origin", "error"]].reset_index(drop=True)
+    ok = int((status == Status.OK.value).sum())
+    return PresizeReport(dest=sink.url, total=len(rows), ok=ok, failed=len(failed),
+                         skipped=len(rows) - ok - len(failed), seconds=time.perf_counter() - started, chunks_done=0,
+                         chunks_resumed=0, processed=0, sizes=tuple(config.size_keys), failures=failed,
+                         **_appended(extension))
 
 
 def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> None:

@@ -37,9 +37,34 @@ __all__ = ["Decoded", "Outside", "decode", "decode_mask", "decode_native", "ORIE
 _ORIENTATION_TAG = 0x0112
 #: EXIF orientations that swap width and height.
 ORIENTATION_SWAPS = frozenset({5, 6, 7, 8})
-# Pillow's own bomb check reads a process-wide global; imgtools applies its own guard (max_pixels, on
-# the pixels actually decoded), so the global is lifted, under a lock, only while a header is parsed.
-_OPEN_LOCK = threading.Lock()
+
+
+class _LiftedBombCheck:
+    """Pillow's own bomb check reads a process-wide global; imgtools applies its own guard (max_pixels, on
+    the pixels actually decoded), so the global is lifted while any thread parses a header and put back
+    when the last one is done. Counted, not locked across the parse: a header parser that never returns
+    (see :mod:`imgtools.watchdog`) must not stop the other threads' opens."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved: int | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+            self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                Image.MAX_IMAGE_PIXELS = self._saved
+
+
+_BOMB_CHECK_LIFTED = _LiftedBombCheck()
 
 # Pillow mode -> (mode to convert to first, or None to keep; layout handed to the kernels).
 _MODES: dict[str, tuple[str | None, kernels.ChannelLayout]] = {
@@ -99,15 +124,11 @@ class Outside(DecodeError):
 def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
     if not data:
         raise DecodeError("empty file (0 bytes)")
-    with _OPEN_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+    with _BOMB_CHECK_LIFTED:
         try:
             return Image.open(io.BytesIO(data), formats=list(formats))
         except UnidentifiedImageError:
             raise DecodeError(f"not an image in an allowed format ({', '.join(formats)})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _orientation(img: Image.Image) -> int:

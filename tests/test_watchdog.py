@@ -143,6 +143,16 @@ def test_in_this_process_a_stuck_image_fails_the_others_come_out_as_without_it_a
     _assert_same_but_the_stuck_one(dest, clean)
 
 
+def test_in_this_process_a_header_that_never_parses_fails_alone_and_later_images_still_open(tmp_path, hang):
+    root = tmp_path / "src"
+    make_labelled(root, per_class=4, classes=2)
+    (root / STUCK).write_bytes(hang.header_hang_file())  # chunk 0; chunk 1's images open after it
+    config = PresizeConfig.build(sizes=[16], chunk=4, formats=[*FORMATS, "HANGHEAD"], image_timeout=1)
+    report = imgtools.presize(str(root), str(tmp_path / "out.zarr"), config=config, workers=0, progress=False)
+    assert (report.total, report.ok, report.failed) == (9, 8, 1)
+    assert _failed(tmp_path / "out.zarr") == [(STUCK, "timed out after 1 s")]
+
+
 def test_image_files_run_again_retry_failures_but_not_one_past_the_limit(sources, tmp_path, hang):
     dest = tmp_path / "out"
     before = hang.decodes()

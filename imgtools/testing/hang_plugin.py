@@ -24,12 +24,16 @@ import threading
 
 from PIL import Image, ImageFile
 
-__all__ = ["FORMAT", "MAGIC", "hang_file", "release", "decodes"]
+__all__ = ["FORMAT", "MAGIC", "HEADER_FORMAT", "HEADER_MAGIC", "hang_file", "header_hang_file", "release",
+           "decodes"]
 
 #: The Pillow format name to allow (``formats=[..., FORMAT]``).
 FORMAT = "HANG"
 #: The first bytes of a file of this format.
 MAGIC = b"HANG"
+#: A second format, whose *header* never parses: ``Image.open`` itself does not return (until :func:`release`).
+HEADER_FORMAT = "HANGHEAD"
+HEADER_MAGIC = b"HNGH"
 
 _released = threading.Event()
 _decodes = 0
@@ -38,6 +42,11 @@ _decodes = 0
 def hang_file() -> bytes:
     """The bytes of a file whose decoding never returns (until :func:`release`)."""
     return MAGIC + bytes(64)
+
+
+def header_hang_file() -> bytes:
+    """The bytes of a file whose header never parses (until :func:`release`)."""
+    return HEADER_MAGIC + bytes(64)
 
 
 def decodes() -> int:
@@ -79,5 +88,22 @@ class HangDecoder(ImageFile.PyDecoder):
         raise OSError("the HANG decoder was released")
 
 
+class HeaderHangImageFile(ImageFile.ImageFile):
+    """An image whose header parser waits until :func:`release`, then fails."""
+
+    format = HEADER_FORMAT
+    format_description = "parses its header forever (imgtools tests)"
+
+    def _open(self) -> None:
+        global _decodes
+        if self.fp.read(len(HEADER_MAGIC)) != HEADER_MAGIC:
+            raise SyntaxError("not a HANGHEAD file")
+        _decodes += 1
+        while not _released.wait(0.05):
+            pass
+        raise SyntaxError("the HANGHEAD parser was released")
+
+
 Image.register_open(FORMAT, HangImageFile, lambda prefix: prefix[: len(MAGIC)] == MAGIC)
+Image.register_open(HEADER_FORMAT, HeaderHangImageFile, lambda prefix: prefix[: len(HEADER_MAGIC)] == HEADER_MAGIC)
 Image.register_decoder(FORMAT, HangDecoder)

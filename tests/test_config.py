@@ -89,6 +89,7 @@ NON_DEFAULT_CONFIGS = {
                                          min_side=32, max_aspect=2.5),
     "zarr-zstd-masks": PresizeConfig.build(sizes=["32x16"], mode="squash", compression="zstd", masks=True,
                                            draft_factor=8, chunk=3),
+    "webdataset-png": PresizeConfig.build(sizes=[32], format="webdataset", shard_image="png", channels=1),
 }
 
 

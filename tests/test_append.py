@@ -310,8 +310,10 @@ def slow_tree(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_an_append_killed_part_way_resumes_to_the_bytes_of_an_uninterrupted_one(slow_tree, tmp_path, fmt):
+@pytest.mark.parametrize("fmt,grown", [("zarr", False), ("npy", False), ("png", False), ("zarr", True)])
+def test_an_append_killed_part_way_resumes_to_the_bytes_of_an_uninterrupted_one(slow_tree, tmp_path, fmt, grown):
+    """``grown``: SOURCE gains more inputs between the kill and the rerun; the rerun appends them all, as one
+    uninterrupted append of everything does."""
     src = tmp_path / "src"
     shutil.copytree(slow_tree / "base", src)  # 54 inputs: 6 full chunks and one of 6
     args = ["--size", "32", "--size", "48x40", "--format", fmt, "--chunk", CHUNK, "--workers", "0", "--quiet"]
@@ -321,8 +323,16 @@ def test_an_append_killed_part_way_resumes_to_the_bytes_of_an_uninterrupted_one(
     for c in range(3):  # 96 more, sorting among and after DEST's rows
         for f in (slow_tree / "more" / f"c{c}").iterdir():
             shutil.copy(f, src / f"c{c}" / f.name)
+    late = {src / "c0" / "img000b.png": png((1, 2, 3)), src / "zz" / "late.png": png((200, 100, 0))}
+    if grown:
+        for path, data in late.items():
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(data)
+    appended = 96 + len(late) * grown
     proc = cli("presize", src, clean, *args, "--append")
-    assert proc.returncode == 0 and "96 appended" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and f"{appended} appended" in proc.stdout, proc.stderr
+    for path in late if grown else ():
+        path.unlink()
 
     killed = subprocess.Popen(IMGTOOLS + [str(a) for a in ["presize", src, dest, *args, "--append"]],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -337,8 +347,29 @@ def test_an_append_killed_part_way_resumes_to_the_bytes_of_an_uninterrupted_one(
     if fmt != "png":  # arrays record the append's own job (image files are one job whatever their inputs)
         assert json.loads((dest / ".imgtools" / "job.json").read_text())["n"] == 150
 
+    for path, data in late.items() if grown else ():
+        path.write_bytes(data)
     rerun = cli("presize", src, dest, *args, "--append")
     assert rerun.returncode == 0, rerun.stderr
-    assert "chunks resumed" in rerun.stdout and "96 appended" in rerun.stdout
-    assert int(rerun.stdout.split(" processed")[0].rsplit(" ", 1)[1]) <= 96 - 2 - 3 * CHUNK  # done ones not redone
+    assert "chunks resumed" in rerun.stdout and f"{appended} appended" in rerun.stdout
+    processed = int(rerun.stdout.split(" processed")[0].rsplit(" ", 1)[1])
+    if grown:  # another job: the new rows' chunks are all done again, DEST's are kept
+        assert processed == appended
+    else:  # the chunks done before the kill are not redone
+        assert processed <= 96 - 2 - 3 * CHUNK
     assert tree_bytes(dest) == tree_bytes(clean)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_an_append_to_a_bucket_writes_what_the_same_append_writes_on_local_disk(bucket, src, tmp_path, fmt):
+    url, options, server = bucket
+    dest = f"{url}/out-{fmt}"
+    cfg = PresizeConfig.build(sizes=[16, "12x10"], format=fmt, chunk=CHUNK)
+    imgtools.presize(str(src), dest, config=cfg, storage_options=options, workers=0, progress=False)
+    presize(src, tmp_path / "local", fmt)
+    add_inputs(src)
+    report = imgtools.presize(str(src), dest, config=cfg, storage_options=options, workers=0, progress=False,
+                              append=True)
+    presize(src, tmp_path / "local", fmt, append=True)
+    assert (report.appended, report.total) == (3, 33)
+    assert tree_bytes(dest.split("://", 1)[1], server.filesystem()) == tree_bytes(tmp_path / "local")

@@ -13,6 +13,8 @@
   ``relpath``, with their reason (:meth:`RunLedger.record_timeouts`), written before the process that ran
   them gives them up; every later try of the chunk, in this run or a resumed one, takes them as failed
   rows instead of decoding them again (see :mod:`imgtools.watchdog`). Kept when the run completes.
+- ``.imgtools/lengths.parquet`` (every run) and ``.imgtools/append-base.parquet`` (while an append runs):
+  written by :mod:`imgtools.append`, which extends a finished output (:meth:`RunLedger.prepare` ``keep``).
 - ``manifest.parquet`` then the attributes, last: an output is complete when both exist.
 
 A ledger knows nothing of the layout's files; a layout (:class:`~imgtools.sinks.base.Sink`) owns one and

@@ -268,6 +268,18 @@ def test_options_that_do_not_go_with_append_exit_2(src, tmp_path, args, message)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_webdataset_dest_is_refused_in_one_line(src, tmp_path):
+    dest = tmp_path / "shards"
+    args = ["--size", "16", "--format", "webdataset", "--chunk", CHUNK, "--workers", "0", "--quiet"]
+    assert cli("presize", src, dest, *args).returncode == 0
+    (src / "new.png").write_bytes(png((9, 9, 9)))
+    before = tree_bytes(dest, dirs=True)
+    proc = cli("presize", src, dest, *args, "--append")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--append does not extend webdataset outputs yet" in proc.stderr
+    assert tree_bytes(dest, dirs=True) == before
+
+
 def test_derived_sizes_are_refused_naming_them(src, tmp_path):
     dest = tmp_path / "out"
     presize(src, dest, "zarr")

@@ -147,37 +147,53 @@ def _plan(listing: Listing, sink: Sink, config: PresizeConfig, info: OutputInfo,
     base, blob = _base_rows(sink, info)
     lengths = _recorded_lengths(sink, info.n)
     items = listing.items
-    key_of = _keys(base)
-    first: dict[str, int] = {}
     listed = _keys(items)
+    changed, vanished = _stale(base, lengths, items, listed)
+    if (len(changed) or len(vanished)) and not allow_changed:
+        first = pd.concat([changed, vanished], ignore_index=True).iloc[0]
+        raise ConfigError(f"--append: {len(changed)} inputs changed and {len(vanished)} vanished since DEST was "
+                          f"written (first: {first['origin']!r}, {first['reason']}); pass --allow-changed to keep "
+                          "their rows as they are and append the new inputs")
+    held = set(_keys(base))
+    new = items[[key not in held for key in listed]]
+    both, names = _combined(base, new, info.label_names, listing.label_names)
+    sink.check_items(both)  # image files: a new input must not take a file DEST's rows have
+    return Extension(base=len(base), items=both, label_names=names,
+                     lengths=np.concatenate([lengths, new["bytes"].to_numpy(np.int64)]), changed=changed,
+                     vanished=vanished, base_rows=base, _keep=blob)
+
+
+def _stale(base: pd.DataFrame, lengths: np.ndarray, items: pd.DataFrame,
+           listed: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The base rows whose input changed (listed length or label) and those whose input is no longer listed:
+    ``origin``, ``relpath``, ``reason``."""
+    where: dict[str, int] = {}
     for i, key in enumerate(listed):  # an input listed twice is matched by its first listing
-        first.setdefault(key, i)
-    at = np.array([first.get(key, -1) for key in key_of], np.int64)  # each base row's listing row, -1: gone
+        where.setdefault(key, i)
+    at = np.array([where.get(key, -1) for key in _keys(base)], np.int64)  # each base row's listing row, -1: gone
     vanished = base[at < 0][["origin", "relpath"]].assign(reason="no longer listed")
     present = np.flatnonzero(at >= 0)
     now = items["bytes"].to_numpy(np.int64)[at[present]]
-    before = lengths[present]
     old_label = [None if pd.isna(v) else str(v) for v in base["label"].iloc[present]]
     new_label = [None if pd.isna(v) else str(v) for v in items["label"].iloc[at[present]]]
     reasons = [f"{b} bytes then, {a} now" if b >= 0 and a >= 0 and a != b else
                f"label {o!r} then, {n!r} now" if o != n else None
-               for b, a, o, n in zip(before, now, old_label, new_label)]
+               for b, a, o, n in zip(lengths[present], now, old_label, new_label)]
     hit = [i for i, r in enumerate(reasons) if r is not None]
     changed = base.iloc[present[hit]][["origin", "relpath"]].assign(reason=[reasons[i] for i in hit])
-    stale = pd.concat([changed, vanished], ignore_index=True)
-    if len(stale) and not allow_changed:
-        first = stale.iloc[0]
-        raise ConfigError(f"--append: {len(changed)} inputs changed and {len(vanished)} vanished since DEST was "
-                          f"written (first: {first['origin']!r}, {first['reason']}); pass --allow-changed to keep "
-                          "their rows as they are and append the new inputs")
-    held = set(key_of)
-    new = items[[key not in held for key in listed]]
-    names = tuple(info.label_names)
+    return changed.reset_index(drop=True), vanished.reset_index(drop=True)
+
+
+def _combined(base: pd.DataFrame, new: pd.DataFrame, known: list[str],
+              listed_labels: tuple[str, ...]) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The run's listing (the base rows, then the new inputs numbered after them) and its label names (DEST's,
+    then the labels only new inputs have, in the listing's label order)."""
+    names = tuple(known)
     labels_new = {str(v) for v in new["label"].dropna()}
-    names += tuple(n for n in listing.label_names if n in labels_new and n not in names)
+    names += tuple(n for n in listed_labels if n in labels_new and n not in names)
     ids = {name: i for i, name in enumerate(names)}
-    paired = [c for c in ("mask", *PAIRED_COLUMNS) if c in items.columns]
-    head = base[["index", "origin", "relpath", "label", "label_id", *[c for c in paired if c in base.columns]]]
+    paired = [c for c in ("mask", *PAIRED_COLUMNS) if c in new.columns and c in base.columns]
+    head = base[["index", "origin", "relpath", "label", "label_id", *paired]]
     head = head.assign(bytes=np.int64(-1))  # never read again: the size guard is not asked
     tail = new.assign(index=np.arange(len(base), len(base) + len(new), dtype=np.int64),
                       label_id=pd.array([ids.get(v, -1) if isinstance(v, str) else -1 for v in new["label"]],
@@ -186,11 +202,7 @@ def _plan(listing: Listing, sink: Sink, config: PresizeConfig, info: OutputInfo,
     both["label"] = both["label"].astype("string")
     both["label_id"] = both["label_id"].astype("int32")
     both["index"] = both["index"].astype("int64")
-    sink.check_items(both)  # image files: a new input must not take a file DEST's rows have
-    return Extension(base=len(base), items=both, label_names=names,
-                     lengths=np.concatenate([lengths, new["bytes"].to_numpy(np.int64)]),
-                     changed=changed.reset_index(drop=True), vanished=vanished.reset_index(drop=True),
-                     base_rows=base, _keep=blob)
+    return both, names
 
 
 def _keys(rows: pd.DataFrame) -> list[str]:

@@ -385,3 +385,33 @@ def test_an_append_to_a_bucket_writes_what_the_same_append_writes_on_local_disk(
     presize(src, tmp_path / "local", fmt, append=True)
     assert (report.appended, report.total) == (3, 33)
     assert tree_bytes(dest.split("://", 1)[1], server.filesystem()) == tree_bytes(tmp_path / "local")
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_masks_are_appended_with_their_images(tmp_path, fmt):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+
+    def add(name, seed):
+        w, h = 30 + seed * 3, 24 + seed
+        (images / f"{name}.png").write_bytes(encode(Image.fromarray(gradient(w, h, seed=seed)), "PNG"))
+        mask = (np.arange(w * h).reshape(h, w) * (seed + 1) % 5).astype(np.uint8)
+        (masks / f"{name}.png").write_bytes(encode(Image.fromarray(mask), "PNG"))
+
+    for i in range(10):
+        add(f"b{i}", i)
+    cfg = PresizeConfig.build(sizes=[16], format=fmt, chunk=4)
+    run = dict(config=cfg, workers=0, progress=False, masks=str(masks))
+    imgtools.presize(str(images), str(tmp_path / "out"), **run)
+    before = zarr.open_group(str(tmp_path / "out"), mode="r")["16x16/masks"][:] if fmt == "zarr" else \
+        np.concatenate([np.load(p) for p in sorted((tmp_path / "out" / "16x16").glob("masks-part-*.npy"))])
+    for i in range(3):
+        add(f"c{i}", 10 + i)
+    imgtools.presize(str(images), str(tmp_path / "out"), append=True, **run)
+    imgtools.presize(str(images), str(tmp_path / "fresh"), **run)  # new files sort after: the same rows
+    assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "fresh")
+    after = zarr.open_group(str(tmp_path / "out"), mode="r")["16x16/masks"][:] if fmt == "zarr" else \
+        np.concatenate([np.load(p) for p in sorted((tmp_path / "out" / "16x16").glob("masks-part-*.npy"))])
+    np.testing.assert_array_equal(after[:10], before)
+    assert after.shape[0] == 13 and after[10:].any()

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_IMAGE_TIMEOUT",
     "DEFAULT_SHARD_IMAGES",
+    "RUN_SETTINGS",
 ]
 
 #: Pillow format names decoded by default; anything else is refused unless ``formats`` widens the list.
@@ -68,6 +69,10 @@ DEFAULT_IMAGE_TIMEOUT = 120.0
 #: resume, and a worker holds a chunk's source files in memory at once: 1024 ImageNet-sized JPEGs are about
 #: 110 MB, and their shard about 3 MB at 64x64 or 15 MB at 224x224 (JPEG). Bigger shards: a bigger --chunk.
 DEFAULT_SHARD_IMAGES = 1024
+#: Fields of :class:`PresizeConfig` that decide how a run goes, not what a finished output holds for the
+#: images that complete: a run resumed with other values is the same job (a slow machine may raise the
+#: time limit and go on).
+RUN_SETTINGS: frozenset[str] = frozenset({"image_timeout"})
 
 
 @dataclasses.dataclass(frozen=True)

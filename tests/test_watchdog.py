@@ -153,6 +153,17 @@ def test_in_this_process_a_header_that_never_parses_fails_alone_and_later_images
     assert _failed(tmp_path / "out.zarr") == [(STUCK, "timed out after 1 s")]
 
 
+@pytest.mark.parametrize("fmt", ["zarr", "png"])
+def test_a_run_resumed_with_another_time_limit_is_the_same_job(sources, tmp_path, fmt):
+    dest = tmp_path / "out"
+    imgtools.presize(str(sources["clean"]), str(dest), config=_config(fmt, timeout=30), workers=0, progress=False)
+    (dest / ".imgtools" / "chunks" / "0000001.parquet").unlink()  # as if killed before chunk 1's marker
+    (dest / "manifest.parquet").unlink()
+    report = imgtools.presize(str(sources["clean"]), str(dest), config=_config(fmt, timeout=300), workers=0,
+                              progress=False)
+    assert report.chunks_resumed >= 1 and report.total == 9
+
+
 def test_image_files_run_again_retry_failures_but_not_one_past_the_limit(sources, tmp_path, hang):
     dest = tmp_path / "out"
     before = hang.decodes()

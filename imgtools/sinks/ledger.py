@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import PresizeConfig
+from ..config import RUN_SETTINGS, PresizeConfig
 from ..errors import DestinationError
 from ..location import Location
 from .lock import LOCK_FILE, LOCK_TTL, RunLock
@@ -353,9 +353,12 @@ def _listing_part(fs: Any, path: str, run_id: str) -> Any:
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config with the settings an older imgtools did not record at their defaults, which is
-    what that version did (so a new setting does not make an earlier output another job)."""
-    return {**PresizeConfig().to_dict(), **config}
+    """A recorded config as two jobs are compared: the settings an older imgtools did not record at their
+    defaults, which is what that version did (so a new setting does not make an earlier output another
+    job), and without the settings of how a run goes rather than what it writes
+    (:data:`~imgtools.config.RUN_SETTINGS`: a resume may raise ``--image-timeout``)."""
+    full = {**PresizeConfig().to_dict(), **config}
+    return {k: v for k, v in full.items() if k not in RUN_SETTINGS}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -319,16 +319,23 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
         with contextlib.suppress(Exception):  # ipywidgets missing: the text bar below still reports
             dask_progress(futures, notebook=True, multi=False)
     task_of = {f.key: task for f, task in zip(futures, tasks)}
+    # a result is let go as soon as it is read (its chunks' markers are written): held, a result lives on
+    # its worker, and a worker lost later would make the scheduler compute every task it held again
+    live = {f.key: f for f in futures}
+    pending = as_completed(futures, loop=dask_client.loop)
+    del futures
     try:
-        for future in as_completed(futures, loop=dask_client.loop):
+        for future in pending:
             try:
                 counts = [n for group in future.result() for n in group]
             except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
                 counts = [_isolate(dask_client, chunk, config, storage_options, sink, bar)
                           for chunk in task_of[future.key]]
             bar.update(sum(counts))
+            del live[future.key]
+            future.release()
     finally:
-        dask_client.cancel(futures)
+        dask_client.cancel(list(live.values()))
 
 
 def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options) -> list[int]:

@@ -320,6 +320,7 @@ def test_batches_normalise_per_channel_with_defaults_for_the_channel_count(chann
         next(ds.batches(batch_size=8, normalize=((0.5,) * 3, (0.5,) * 3)))
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("channels", [1, 4])
 def test_torch_stream_gives_nchw_batches_of_the_outputs_channels(channels, outputs):
     ds = imgtools.open(str(outputs[channels, "zarr"]))

@@ -30,7 +30,7 @@ from .sources import LISTING_ONLY_COLUMNS, PAIRED_COLUMNS, ReadSession, read_byt
 from .watchdog import Stuck, Watch, run_watched, timed_out_reason
 
 __all__ = ["ImageResult", "Outcome", "process_image", "process_one", "process_chunk", "run_chunk", "give_up",
-           "with_timeouts", "EXIT_STUCK", "previous_values",
+           "with_failed", "EXIT_STUCK", "previous_values",
            "result_columns", "manifest_frame", "MANIFEST_COLUMNS", "RESULT_COLUMNS"]
 
 #: Manifest columns, in order.
@@ -301,7 +301,7 @@ def run_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink
     _warm(config)  # a process's one-time costs (the kernels loaded or compiled) are not an image's time
 
     def work(watch: Watch) -> int:
-        return len(process_chunk(items, chunk_index, config, sink, with_timeouts(reuse, reasons), session=session,
+        return len(process_chunk(items, chunk_index, config, sink, with_failed(reuse, reasons), session=session,
                                  watch=watch))
 
     return run_watched(work, config.image_timeout, give_up(sink, chunk_index, config, reasons, restart))
@@ -337,13 +337,13 @@ def give_up(sink: Sink, chunk_index: int, config: PresizeConfig, reasons: dict[s
     return on_stuck
 
 
-def with_timeouts(reuse: pd.DataFrame | None, reasons: dict[str, str]) -> pd.DataFrame | None:
-    """``reuse`` (earlier rows, see :func:`process_chunk`) with the images past the time limit
-    (relpath -> reason) as failed rows.
+def with_failed(reuse: pd.DataFrame | None, reasons: dict[str, str]) -> pd.DataFrame | None:
+    """``reuse`` (earlier rows, see :func:`process_chunk`) with the images of ``reasons`` (relpath ->
+    reason: past the time limit, killing their worker) as failed rows, in place of any earlier row of theirs.
 
     Examples
     --------
-    >>> with_timeouts(None, {"a.png": "timed out after 1 s"})[["relpath", "status", "error"]].values.tolist()
+    >>> with_failed(None, {"a.png": "timed out after 1 s"})[["relpath", "status", "error"]].values.tolist()
     [['a.png', 'failed', 'timed out after 1 s']]
     """
     if not reasons:

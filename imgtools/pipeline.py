@@ -21,11 +21,11 @@ from ._version import __version__
 from .append import Extension, plan_append, record_lengths, reuse_base
 from .cluster import Placement, dashboard_link, where_to_run
 from .config import Compression, PresizeConfig, Size
-from .engine import give_up, process_one, run_chunk, with_timeouts
+from .engine import give_up, process_one, run_chunk, with_failed
 from .errors import ConfigError
 from .memory import tune_allocator
 from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks, task_count
-from .schema import OutputInfo, Status
+from .schema import ManifestTally, OutputInfo, Status
 from .sinks import make_sink
 from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of, summarize_source
 from .watchdog import Watch, run_watched
@@ -270,13 +270,17 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
         extension.finish(sink)
     if tally.rows != len(items):
         raise RuntimeError(f"internal error: {tally.rows} manifest rows for {len(items)} inputs")
-    failed = tally.failed.reset_index(drop=True)
     processed = sum(len(job.items) - (0 if job.reuse is None else len(job.reuse)) for job in todo)
-    return PresizeReport(dest=sink.url, total=len(items), ok=len(items) - len(failed) - tally.skipped,
-                         failed=len(failed), skipped=tally.skipped,
-                         seconds=time.perf_counter() - started, chunks_done=len(todo),
-                         chunks_resumed=len(finished), processed=processed,
-                         sizes=tuple(config.size_keys), failures=failed, **_appended(extension))
+    return _report(sink, config, tally, started, chunks_done=len(todo), chunks_resumed=len(finished),
+                   processed=processed, **_appended(extension))
+
+
+def _report(sink, config: PresizeConfig, tally: ManifestTally, started: float, **fields: Any) -> PresizeReport:
+    """The report of a run whose manifest ``tally`` counted, with its run ``fields`` (chunks, processed, ...)."""
+    failed = tally.failed.reset_index(drop=True)
+    return PresizeReport(dest=sink.url, total=tally.rows, ok=tally.rows - len(failed) - tally.skipped,
+                         failed=len(failed), skipped=tally.skipped, seconds=time.perf_counter() - started,
+                         sizes=tuple(config.size_keys), failures=failed, **fields)
 
 
 def _appended(extension: Extension | None) -> dict[str, Any]:
@@ -289,14 +293,10 @@ def _appended(extension: Extension | None) -> dict[str, Any]:
 
 def _nothing_new(sink, config: PresizeConfig, extension: Extension, started: float) -> PresizeReport:
     """The report of an append with nothing new: DEST as it is (nothing written)."""
-    rows = extension.base_rows
-    status = rows["status"]
-    failed = rows.loc[status == Status.FAILED.value, ["index", "origin", "error"]].reset_index(drop=True)
-    ok = int((status == Status.OK.value).sum())
-    return PresizeReport(dest=sink.url, total=len(rows), ok=ok, failed=len(failed),
-                         skipped=len(rows) - ok - len(failed), seconds=time.perf_counter() - started, chunks_done=0,
-                         chunks_resumed=0, processed=0, sizes=tuple(config.size_keys), failures=failed,
-                         **_appended(extension))
+    tally = ManifestTally()
+    _ = list(tally.count([extension.base_rows]))
+    return _report(sink, config, tally, started, chunks_done=0, chunks_resumed=0, processed=0,
+                   **_appended(extension))
 
 
 def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> None:
@@ -364,7 +364,7 @@ def _with_recorded_timeouts(todo: list[ChunkJob], records: dict[int, dict[str, s
     if not records:
         return todo
     reasons = {rel: why for found in records.values() for rel, why in found.items()}
-    return [job._replace(reuse=with_timeouts(job.reuse, {r: reasons[r] for r in job.items["relpath"] if r in reasons}))
+    return [job._replace(reuse=with_failed(job.reuse, {r: reasons[r] for r in job.items["relpath"] if r in reasons}))
             for job in todo]
 
 
@@ -401,12 +401,6 @@ def _probe(row: pd.Series, index: int, config: PresizeConfig, sink, storage_opti
     return run_watched(work, config.image_timeout, give_up(sink, index, config, reasons, _worker_restarts()))
 
 
-def _failed_rows(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
-    return pd.DataFrame({"relpath": rows["relpath"], "status": Status.FAILED.value, "error": reason, "height": -1,
-                         "width": -1,
-                         "mode": None})
-
-
 def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> int:
     """Run a chunk whose task killed its workers again and again: each image alone, then the chunk
     without the images that kill workers, which become failed rows with that reason."""
@@ -414,7 +408,7 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
 
     index, _, reuse = job
     part = _rows_of(job, sink, config.chunk)
-    reuse = with_timeouts(reuse, sink.ledger.timeouts(index))
+    reuse = with_failed(reuse, sink.ledger.timeouts(index))
     done = set() if reuse is None else set(reuse["relpath"])
     suspects = part[~part["relpath"].isin(done)]
     bar.write(f"chunk {index}: a file kills workers; testing its {len(suspects)} images one by one", file=sys.stderr)
@@ -422,14 +416,14 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
               for _, row in suspects.iterrows()]
     wait(probes)
     killed = [probe.status == "error" and isinstance(probe.exception(), KilledWorker) for probe in probes]
-    killers = _failed_rows(suspects[killed], "the decoder crashed its worker process on every try")
-    reuse = killers if reuse is None else pd.concat([reuse, killers], ignore_index=True)
+    killers = suspects["relpath"][killed]
+    reuse = with_failed(reuse, dict.fromkeys(killers, "the decoder crashed its worker process on every try"))
     try:
-        n = dask_client.submit(_run_task, [ChunkJob(index, part, reuse if len(reuse) else None)], config, sink,
+        n = dask_client.submit(_run_task, [ChunkJob(index, part, reuse)], config, sink,
                                storage_options, pure=False, retries=2).result()[0]
     except KilledWorker:  # not one file alone: give up on the chunk's images, keep the run
-        rest = _failed_rows(suspects[~suspects["relpath"].isin(killers["relpath"])],
-                            "the worker died while processing this image's chunk")
-        n = dask_client.submit(_run_task, [ChunkJob(index, part, pd.concat([reuse, rest], ignore_index=True))],
-                               config, sink, storage_options, pure=False).result()[0]
+        rest = suspects["relpath"][~suspects["relpath"].isin(killers)]
+        reuse = with_failed(reuse, dict.fromkeys(rest, "the worker died while processing this image's chunk"))
+        n = dask_client.submit(_run_task, [ChunkJob(index, part, reuse)], config, sink, storage_options,
+                               pure=False).result()[0]
     return n

@@ -119,13 +119,13 @@ class RunLedger:
                 self._clear()
                 ours = False
             previous = self._read_job() if ours else None
-            if previous is not None and not self._same_job(previous, job) and keep is not None and (
-                    _with_defaults(previous.get("config", {})) == _with_defaults(job.get("config", {}))):
+            if previous is not None and not self._same_job(previous, job):
+                if keep is None or (_with_defaults(previous.get("config", {}))
+                                    != _with_defaults(job.get("config", {}))):
+                    raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
+                                           "use --overwrite to start again")
                 self._drop_markers(keep // int(job["config"]["chunk"]))
                 self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())  # the append's job
-            elif previous is not None and not self._same_job(previous, job):
-                raise DestinationError(f"DEST {self.url!r} holds another job ({_differences(previous, job)}); "
-                                       "use --overwrite to start again")
             fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
             if previous is None:
                 self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())

@@ -21,22 +21,12 @@ import pandas as pd
 from . import archives, retry
 from .config import LabelSource
 from .errors import SourceError, StorageError
+from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, plan_folder, sniff_image
 from .location import Resolver
 
 __all__ = ["Listing", "list_source", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
            "safe_relpath", "spans_of", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
 
-#: Extensions taken as images without looking inside (compared lower-case).
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .apng .webp .gif .bmp .dib .tif .tiff .ppm .pgm .pbm .pnm .ico .tga "
-    ".jp2 .j2k .psd .dds .pcx .sgi .im .mpo .heic .avif".split()
-)
-#: Extensions never looked into: everything else without an image extension is sniffed.
-_NOT_IMAGES = frozenset(
-    ".txt .md .rst .csv .tsv .json .jsonl .yaml .yml .xml .html .htm .parquet .py .ipynb .pdf .zip .tar "
-    ".gz .tgz .bz2 .xz .7z .npy .npz .pkl .pt .pth .h5 .mp4 .avi .mov .mkv .mp3 .wav .log .sh".split()
-)
-_MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 _COLUMNS = ["origin", "relpath", "label", "bytes"]
@@ -66,17 +56,6 @@ def safe_relpath(path: str) -> str:
     return "/".join(parts) or "_"
 
 
-def sniff_image(head: bytes) -> bool:
-    """True when the first bytes of a file look like an image Pillow reads by default.
-
-    Examples
-    --------
-    >>> sniff_image(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff_image(b"hello")
-    (True, False)
-    """
-    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-
-
 @dataclasses.dataclass(frozen=True)
 class Listing:
     """The inputs of a run, in run order.
@@ -96,90 +75,23 @@ class Listing:
         return len(self.items)
 
 
-def _is_hidden(relpath: str) -> bool:
-    return any(part.startswith(".") for part in relpath.split("/"))
+def list_folder(fs: Any, root: str, labels: LabelSource = LabelSource.FOLDER,
+                every_file: bool = False) -> pd.DataFrame:
+    """The rows of the tree under ``root`` in relative-path order: its units (:func:`plan_folder`), listed
+    side by side where the filesystem serves requests concurrently, put back in order."""
+    units = plan_folder(fs, root)
+    frames = _map_units(lambda unit: list_unit(fs, root, unit, labels, every_file), units, fs)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS)
 
 
-#: Listing a folder or prefix splits it into at least this many sub-prefixes where it can (going down
-#: at most LISTING_DEPTH levels) and lists them side by side: a bucket lists 1000 keys a request, one
-#: request after another within a prefix, so 100M keys under one prefix are 100,000 requests in a row.
-LISTING_SPLIT = 32
-LISTING_DEPTH = 3
-
-
-def _find(fs, root: str) -> dict[str, int | None]:
-    """Every file under ``root`` with its length, like ``fs.find(root, withdirs=False, detail=True)`` but
-    keeping only the length of each (an info dict costs about a kilobyte a file, for as long as the listing
-    is held): a local disk is walked folder by folder; on filesystems that serve requests concurrently
-    (fsspec's async ones: gcsfs, s3fs, http) the tree is split at its first levels into sub-prefixes,
-    each found (one flat paginated listing) in a thread of its own, side by side."""
+def _map_units(work, units: list, fs: Any) -> list:
+    """``work`` of every unit, in order: in threads on filesystems that serve requests concurrently."""
+    if len(units) < 2 or not getattr(fs, "async_impl", False):
+        return [work(unit) for unit in units]
     from concurrent.futures import ThreadPoolExecutor
 
-    if not getattr(fs, "async_impl", False):  # a local disk: one walk is quicker than threads of them
-        return {info["name"]: info.get("size") for _, _, level in fs.walk(root, detail=True)
-                for info in level.values()}
-    files: dict[str, int | None] = {}
-    prefixes = [root]
-    for _ in range(LISTING_DEPTH):
-        if len(prefixes) >= LISTING_SPLIT:
-            break
-        entries = retry.call(lambda prefixes=prefixes: _ls_all(fs, prefixes), f"listing {fs.unstrip_protocol(root)}")
-        deeper = []
-        for entry in entries:
-            if entry.get("type") == "directory":
-                deeper.append(entry["name"])
-            else:
-                files[entry["name"]] = entry.get("size")
-        if not deeper:
-            return files
-        prefixes = deeper
-
-    def lengths(prefix: str) -> dict[str, int | None]:
-        found = retry.call(lambda: fs.find(prefix, withdirs=False, detail=True),
-                           f"listing {fs.unstrip_protocol(prefix)}")
-        return {path: info.get("size") for path, info in found.items()}
-
-    with ThreadPoolExecutor(min(16, len(prefixes))) as pool:
-        for found in pool.map(lengths, prefixes):
-            files.update(found)
-    return files
-
-
-def _ls_all(fs, prefixes: list[str]) -> list[dict[str, Any]]:
-    """One level of every prefix (``fs.ls`` with details), concurrently."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if len(prefixes) == 1:
-        return fs.ls(prefixes[0], detail=True)
-    with ThreadPoolExecutor(min(16, len(prefixes))) as pool:
-        return [entry for level in pool.map(lambda p: fs.ls(p, detail=True), prefixes) for entry in level]
-
-
-def _list_folder(fs, root: str, labels: LabelSource, every_file: bool = False) -> pd.DataFrame:
-    found = _find(fs, root)
-    rows, unknown = [], []
-    for path in sorted(found):
-        length = -1 if found[path] is None else int(found[path])
-        rel = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
-        if _is_hidden(rel):
-            continue
-        ext = posixpath.splitext(rel)[1].lower()
-        if every_file or ext in IMAGE_EXTENSIONS:
-            rows.append((path, rel, length))
-        elif ext not in _NOT_IMAGES:
-            unknown.append((path, rel, length))
-    if unknown:  # decide by content: one small ranged read per file without an image extension
-        heads = fs.cat_ranges([u[0] for u in unknown], [0] * len(unknown), [16] * len(unknown), on_error="return")
-        rows += [u for u, head in zip(unknown, heads) if isinstance(head, bytes) and sniff_image(head)]
-        rows.sort(key=lambda r: r[1])
-    items = pd.DataFrame(rows, columns=["path", "relpath", "bytes"])
-    items["origin"] = [fs.unstrip_protocol(p) for p in items["path"]]
-    items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
-    return items[_COLUMNS]
-
-
-def _folder_label(relpath: str) -> str | None:
-    return relpath.split("/", 1)[0] if "/" in relpath else None
+    with ThreadPoolExecutor(min(16, len(units))) as pool:
+        return list(pool.map(work, units))
 
 
 def _archive_urls(source: str | Sequence[str], resolve: Resolver) -> list[str] | None:
@@ -247,7 +159,7 @@ def _list_archives(urls: list[str], labels: LabelSource, resolve: Resolver,
         for member in archives.list_archive(fs, path):
             rel = safe_relpath(member.name)
             image = every_file or posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
-            if member.name not in seen and not _is_hidden(rel) and image:
+            if member.name not in seen and not is_hidden(rel) and image:
                 seen.add(member.name)  # a name stored twice is one input: its first copy, which streaming finds too
                 rows.append((f"{protocol}://{member.name}::{url}", rel, member.length, member.offset, member.size))
         return rows
@@ -255,7 +167,7 @@ def _list_archives(urls: list[str], labels: LabelSource, resolve: Resolver,
     with ThreadPoolExecutor(min(8, len(urls))) as pool:  # shards in a bucket: list them side by side
         rows = [row for shard in pool.map(one, urls) for row in shard]
     items = pd.DataFrame(rows, columns=["origin", "relpath", "bytes", *SPAN_COLUMNS])
-    items["label"] = [_folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
+    items["label"] = [folder_label(r) for r in items["relpath"]] if labels is LabelSource.FOLDER else None
     return items[_COLUMNS + list(SPAN_COLUMNS)]
 
 
@@ -378,7 +290,7 @@ def list_source(
     elif is_file:
         raise SourceError(f"SOURCE {source!r} is a file, not a folder or a .csv/.parquet manifest")
     else:
-        items = _list_folder(fs, root, labels, every_file)
+        items = list_folder(fs, root, labels, every_file)
     if items.empty:
         raise SourceError(f"SOURCE {source!r} holds no image files")
     return _finish(items, masks, resolve, str(source), fs)

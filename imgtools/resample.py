@@ -4,8 +4,11 @@ The filters and their coefficients are Pillow's (``Image.resize`` with a ``box``
 with the reduction factor, so downscaling averages every source pixel instead of skipping some, and the
 weights of each output pixel are normalised. The passes differ from Pillow's in two ways: they work in
 float32 with one rounding at the end (Pillow rounds to 8 bits between the passes), and each pass runs
-down the rows, so its inner loop is a contiguous multiply-add that the compiler vectorises; the second
-pass reads the first one's output transposed. That makes it 2-3x faster than Pillow's resize on one core
+down the rows, so its inner loop is a contiguous multiply-add that the compiler vectorises; each pass
+writes its rows out as columns (the first reads only the source columns the output needs, in place), so
+the second pass reads the first one's output transposed and puts it back. Those column writes move a
+pixel at a time with the channel loop unrolled for 1, 3 and 4 channels (they were half the time with a
+loop over the channel count). That makes it 3.5-5x faster than Pillow's resize of the same array on one core
 (``python -m benchmarks.presize``), at the same quality.
 """
 
@@ -102,28 +105,57 @@ def _weighted_rows(src, start, count, weights, row, init):  # pragma: no cover -
 
 
 @_jit
-def _rows_transposed(src, starts, sizes, weights, out):  # pragma: no cover - compiled
-    """src (H, W*C) -> out (W, OH, C) float32: resample along the rows, write transposed."""
-    width, _, c = out.shape
-    row = np.empty(src.shape[1], np.float32)
-    for y in range(starts.shape[0]):
-        _weighted_rows(src, starts[y], sizes[y], weights[y], row, 0.0)
+def _scatter(row, out, y, c):  # pragma: no cover - compiled
+    """out[x, y, :] = row[x * c : x * c + c] for every x: one row written as a column of pixels. The channel
+    loop has a constant trip count for 1, 3 and 4 channels, so it unrolls (twice as fast as a loop over c)."""
+    width = out.shape[0]
+    if c == 3:
+        for x in range(width):
+            for ch in range(3):
+                out[x, y, ch] = row[x * 3 + ch]
+    elif c == 1:
+        for x in range(width):
+            out[x, y, 0] = row[x]
+    elif c == 4:
+        for x in range(width):
+            for ch in range(4):
+                out[x, y, ch] = row[x * 4 + ch]
+    else:
         for x in range(width):
             for ch in range(c):
                 out[x, y, ch] = row[x * c + ch]
 
 
 @_jit
+def _rows_transposed(src, offset, starts, sizes, weights, out):  # pragma: no cover - compiled
+    """src (H, W*C) -> out (OW', OH, C) float32: resample along the rows the elements ``offset ..
+    offset + OW'*C`` of each row (the source columns the output reads, without copying them out), write
+    transposed."""
+    width, _, c = out.shape
+    n = width * c
+    row = np.empty(n, np.float32)
+    for y in range(starts.shape[0]):
+        for i in range(n):
+            row[i] = 0.0
+        for k in range(sizes[y]):
+            w = weights[y, k]
+            line = src[starts[y] + k, offset : offset + n]  # a slice: its indices are known not negative
+            for i in range(n):
+                row[i] += w * line[i]
+        _scatter(row, out, y, c)
+
+
+@_jit
 def _rows_transposed_u8(src, starts, sizes, weights, out):  # pragma: no cover - compiled
-    """src (W, OH*C) float32 -> out (OH, OW, C) uint8: resample along src's rows, transpose back, round."""
-    height, _, c = out.shape
+    """src (W, OH*C) float32 -> out (OH, OW, C) uint8: resample along src's rows, round, transpose back."""
+    _, _, c = out.shape
     row = np.empty(src.shape[1], np.float32)
+    pixels = np.empty(src.shape[1], np.uint8)
     for x in range(starts.shape[0]):
         _weighted_rows(src, starts[x], sizes[x], weights[x], row, 0.5)  # + 0.5: rounds when truncated below
-        for y in range(height):
-            for ch in range(c):
-                v = row[y * c + ch]
-                out[y, x, ch] = 0 if v < 0.0 else (255 if v >= 255.0 else np.uint8(v))
+        for i in range(row.shape[0]):  # clamped and rounded in one vectorised pass, then written as a column
+            pixels[i] = np.uint8(min(max(row[i], 0.0), 255.0))
+        _scatter(pixels, out, x, c)
 
 
 def resample(arr: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int],
@@ -143,9 +175,9 @@ def resample(arr: np.ndarray, box: tuple[float, float, float, float], size: tupl
     ys, ysizes, yweights = coefficients(h, out_h, y0, y1, kind)
     xs, xsizes, xweights = coefficients(w, out_w, x0, x1, kind)
     first, last = int(xs.min()), int((xs + xsizes).max())  # only the columns the output reads
-    src = np.ascontiguousarray(arr[:, first:last]).reshape(h, (last - first) * c)
+    src = np.ascontiguousarray(arr).reshape(h, w * c)
     tmp = np.empty((last - first, out_h, c), np.float32)
-    _rows_transposed(src, ys, ysizes, yweights, tmp)
+    _rows_transposed(src, first * c, ys, ysizes, yweights, tmp)
     out = np.empty((out_h, out_w, c), np.uint8)
     _rows_transposed_u8(tmp.reshape(last - first, out_h * c), xs - first, xsizes, xweights, out)
     return out

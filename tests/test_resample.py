@@ -13,6 +13,7 @@ PILLOW = {Filter.BILINEAR: Image.Resampling.BILINEAR, Filter.BICUBIC: Image.Resa
           Filter.LANCZOS: Image.Resampling.LANCZOS}
 
 
+@pytest.mark.parametrize("channels", [3, 1, 4, 2])  # 1, 3, 4: the unrolled channel loops; 2: the general one
 @pytest.mark.parametrize("kind", list(Filter))
 @pytest.mark.parametrize("src, box, size", [
     ((375, 500), (62.5, 0.0, 437.5, 375.0), (224, 224)),   # ImageNet-like crop
@@ -21,11 +22,11 @@ PILLOW = {Filter.BILINEAR: Image.Resampling.BILINEAR, Filter.BICUBIC: Image.Resa
     ((1, 1), (0.0, 0.0, 1.0, 1.0), (3, 2)),                # a single pixel
     ((300, 7), (0.3, 10.7, 6.9, 290.2), (5, 50)),          # fractional box, thin
 ])
-def test_resample_matches_numpy_reference_within_one_level(kind, src, box, size):
+def test_resample_matches_numpy_reference_within_one_level(kind, src, box, size, channels):
     rng = np.random.default_rng(sum(src) + int(kind))
-    arr = rng.integers(0, 256, src + (3,), dtype=np.uint8)
+    arr = rng.integers(0, 256, src + (channels,), dtype=np.uint8)
     got, ref = resample(arr, box, size, kind), resample_ref(arr, box, size, kind)
-    assert got.shape == (size[1], size[0], 3) and got.dtype == np.uint8
+    assert got.shape == (size[1], size[0], channels) and got.dtype == np.uint8
     diff = np.abs(got.astype(int) - ref)
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
 

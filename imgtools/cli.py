@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed", action="store_true",
                    help="with --append: append even though inputs DEST holds changed or vanished since "
                         "(their rows stay as they are)")
+    p.add_argument("--relist", action="store_true",
+                   help="list SOURCE again when resuming (a resumed run takes the listing that the "
+                        "interrupted run left in DEST)")
     p.add_argument("--dry-run", action="store_true",
                    help="list and plan only: print the inputs, labels, chunks, tasks and output size; write nothing")
     p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
@@ -220,7 +223,7 @@ def _presize(args: argparse.Namespace) -> int:
         report = presize(args.source, args.dest, config=config, client=early, scheduler=args.scheduler,
                          workers=args.workers, storage_options=dict(args.storage_option), masks=args.masks,
                          overwrite=args.overwrite, progress=not args.quiet, append=args.append,
-                         allow_changed=args.allow_changed)
+                         allow_changed=args.allow_changed, relist=args.relist)
     finally:
         if early is not None:
             early.close()

@@ -291,7 +291,7 @@ def run_chunk(items: pd.DataFrame, chunk_index: int, config: PresizeConfig, sink
     >>> cfg = PresizeConfig.build(sizes=[8], image_timeout=30)
     >>> items = pd.DataFrame({"index": [0], "origin": ["memory://nowhere.png"], "relpath": ["nowhere.png"],
     ...                       "label": [None], "label_id": [-1]})
-    >>> sink = make_sink("memory://imgtools-doc/run-chunk", cfg); _ = sink.prepare(items, {"n": 1})
+    >>> sink = make_sink("memory://imgtools-doc/run-chunk", cfg); sink.prepare(len(items), {"n": 1})
     >>> run_chunk(items, 0, cfg, sink, timed_out={"nowhere.png": "timed out after 30 s"})
     1
     >>> sink.ledger.read_marker(0)["error"].tolist()

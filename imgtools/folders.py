@@ -26,7 +26,7 @@ import pandas as pd
 from . import retry
 from .config import LabelSource
 
-__all__ = ["FolderUnit", "plan_folder", "list_unit", "IMAGE_EXTENSIONS", "sniff_image", "is_hidden",
+__all__ = ["FolderUnit", "plan_folder", "list_unit", "map_units", "IMAGE_EXTENSIONS", "sniff_image", "is_hidden",
            "folder_label", "LISTING_SPLIT", "LISTING_DEPTH", "UNIT_FILES", "UNIT_COLUMNS"]
 
 #: Extensions taken as images without looking inside (compared lower-case).
@@ -95,15 +95,27 @@ def _ls_all(fs: Any, prefixes: list[str]) -> list[dict[str, Any]]:
         return [entry for level in pool.map(lambda p: fs.ls(p, detail=True), prefixes) for entry in level]
 
 
+def map_units(work: Any, units: Any, fs: Any) -> list:
+    """``work(unit)`` of every unit, in order: in threads on filesystems that serve requests concurrently."""
+    units = list(units)
+    if len(units) < 2 or not getattr(fs, "async_impl", False):
+        return [work(unit) for unit in units]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, len(units))) as pool:
+        return list(pool.map(work, units))
+
+
 def _relpath(path: str, root: str) -> str:
     return posixpath.relpath(path, root) if path != root else posixpath.basename(path)
 
 
 def plan_folder(fs: Any, root: str) -> list[FolderUnit]:
-    """The units of the tree under ``root``, in key order: its first levels are looked at (down to
-    :data:`LISTING_DEPTH`, until there are :data:`LISTING_SPLIT` sub-folders); each sub-folder of the last
-    level looked at is a unit, the files met on the way make units of up to :data:`UNIT_FILES`. Hidden
-    folders are left out here, hidden files by :func:`list_unit`.
+    """The units of the tree under ``root``, in key order: its first levels are looked at (on filesystems
+    that serve requests concurrently down to :data:`LISTING_DEPTH`, until there are :data:`LISTING_SPLIT`
+    sub-folders; on a local disk the first level only); each sub-folder of the last level looked at is a
+    unit, the files met on the way make units of up to :data:`UNIT_FILES`. Hidden folders are left out
+    here, hidden files by :func:`list_unit`. The entries of the levels looked at are held while planning.
 
     Examples
     --------
@@ -116,7 +128,8 @@ def plan_folder(fs: Any, root: str) -> list[FolderUnit]:
     """
     files: list[tuple[str, str, int | None]] = []  # (key, path, length)
     prefixes = [root]
-    for _ in range(LISTING_DEPTH):
+    # a local disk is walked in one process: its first level makes the units, nothing is gained deeper
+    for _ in range(LISTING_DEPTH if getattr(fs, "async_impl", False) else 1):
         entries = retry.call(lambda prefixes=prefixes: _ls_all(fs, prefixes), f"listing {fs.unstrip_protocol(root)}")
         deeper = []
         for entry in entries:

@@ -21,10 +21,11 @@ import pandas as pd
 from . import archives, retry
 from .config import LabelSource
 from .errors import SourceError, StorageError
-from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, plan_folder, sniff_image
+from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, map_units, plan_folder, sniff_image
 from .location import Resolver
 
-__all__ = ["Listing", "list_source", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
+__all__ = ["Listing", "list_source", "source_columns", "resolve_source", "label_order", "list_folder",
+           "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
            "safe_relpath", "spans_of", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
 
 _MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
@@ -80,18 +81,8 @@ def list_folder(fs: Any, root: str, labels: LabelSource = LabelSource.FOLDER,
     """The rows of the tree under ``root`` in relative-path order: its units (:func:`plan_folder`), listed
     side by side where the filesystem serves requests concurrently, put back in order."""
     units = plan_folder(fs, root)
-    frames = _map_units(lambda unit: list_unit(fs, root, unit, labels, every_file), units, fs)
+    frames = [f for f in map_units(lambda unit: list_unit(fs, root, unit, labels, every_file), units, fs) if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS)
-
-
-def _map_units(work, units: list, fs: Any) -> list:
-    """``work`` of every unit, in order: in threads on filesystems that serve requests concurrently."""
-    if len(units) < 2 or not getattr(fs, "async_impl", False):
-        return [work(unit) for unit in units]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(16, len(units))) as pool:
-        return list(pool.map(work, units))
 
 
 def _archive_urls(source: str | Sequence[str], resolve: Resolver) -> list[str] | None:
@@ -227,7 +218,7 @@ def _attach_masks(items: pd.DataFrame, masks: str, resolve: Resolver) -> pd.Data
     return items.assign(mask=[by_stem.get(posixpath.splitext(r)[0]) for r in items["relpath"]])
 
 
-def _label_order(values: Sequence[str]) -> tuple[str, ...]:
+def label_order(values: Sequence[str]) -> tuple[str, ...]:
     names = set(values)
     try:  # numeric labels sort as numbers, everything else as text
         return tuple(sorted(names, key=float))
@@ -275,8 +266,20 @@ def list_source(
             raise SourceError(f"SOURCE {source!r} holds no image files")
         fs = resolve(shards[0])[0]
         return _finish(items, masks, resolve, str(source) if isinstance(source, str) else ",".join(shards), fs)
+    fs, root, is_file = _locate(str(source), resolve)
+    if is_file:
+        items = _list_manifest(str(source), fs, root, labels)
+    else:
+        items = list_folder(fs, root, labels, every_file)
+    if items.empty:
+        raise SourceError(f"SOURCE {source!r} holds no image files")
+    return _finish(items, masks, resolve, str(source), fs)
+
+
+def _locate(source: str, resolve: Resolver) -> tuple[Any, str, bool]:
+    """A folder or manifest SOURCE: (filesystem, path, whether it is a manifest file)."""
     try:
-        fs, root = resolve(str(source))
+        fs, root = resolve(source)
         root = posixpath.normpath(root) if root.startswith("/") else root.rstrip("/") or root
         is_file = fs.isfile(root)
         exists = is_file or fs.isdir(root)
@@ -284,16 +287,42 @@ def list_source(
         raise SourceError(f"SOURCE {source!r} cannot be reached: {exc}") from None
     if not exists:
         raise SourceError(f"SOURCE {source!r} does not exist")
-    ext = posixpath.splitext(root)[1].lower()
-    if is_file and ext in _MANIFEST_READERS:
-        items = _list_manifest(str(source), fs, root, labels)
-    elif is_file:
+    if is_file and posixpath.splitext(root)[1].lower() not in _MANIFEST_READERS:
         raise SourceError(f"SOURCE {source!r} is a file, not a folder or a .csv/.parquet manifest")
-    else:
-        items = list_folder(fs, root, labels, every_file)
-    if items.empty:
-        raise SourceError(f"SOURCE {source!r} holds no image files")
-    return _finish(items, masks, resolve, str(source), fs)
+    return fs, root, is_file
+
+
+def source_columns(source: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The columns of a ``.csv`` / ``.parquet`` manifest SOURCE (its header alone); () for any other source
+    or a manifest that cannot be read (listing it says why)."""
+    if not isinstance(source, str) or posixpath.splitext(source)[1].lower() not in _MANIFEST_READERS:
+        return ()
+    try:
+        fs, path = Resolver(storage_options)(source)
+        with fs.open(path, "rb") as f:
+            if path.lower().endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                return tuple(pq.read_schema(f).names)
+            return tuple(pd.read_csv(f, nrows=0).columns)
+    except Exception:
+        return ()
+
+
+def resolve_source(source: str | Sequence[str], storage_options: dict[str, Any] | None = None
+                   ) -> tuple[Any, str] | None:
+    """(filesystem, path) of SOURCE when it is a folder or prefix; None for a manifest or archives.
+
+    Raises
+    ------
+    SourceError
+        SOURCE cannot be reached, does not exist, or is a file that is neither a manifest nor an archive.
+    """
+    resolve = Resolver(storage_options)
+    if _archive_urls(source, resolve) is not None:
+        return None
+    fs, root, is_file = _locate(str(source), resolve)
+    return None if is_file else (fs, root)
 
 
 def _finish(items: pd.DataFrame, masks: str | None, resolve: Resolver, source: str, fs: Any) -> Listing:
@@ -302,7 +331,7 @@ def _finish(items: pd.DataFrame, masks: str | None, resolve: Resolver, source: s
         items = _attach_masks(items, masks, resolve)
     labels_ = [None if pd.isna(v) else str(v) for v in items["label"]]
     items["label"] = pd.array(labels_, dtype="string")
-    names = _label_order([v for v in labels_ if v is not None])
+    names = label_order([v for v in labels_ if v is not None])
     ids = {name: i for i, name in enumerate(names)}
     items["label_id"] = pd.array([ids.get(v, -1) for v in labels_], "int32")
     items["bytes"] = items["bytes"].astype("int64")
@@ -386,7 +415,7 @@ def summarize_source(source: str | Sequence[str], labels: LabelSource = LabelSou
         raise SourceError(f"manifest {source!r} cannot be read: {exc}") from None
     if not inputs:
         raise SourceError(f"SOURCE {source!r} holds no image files")
-    return ListingSummary(source=source, inputs=inputs, label_names=_label_order(sorted(names)), columns=columns,
+    return ListingSummary(source=source, inputs=inputs, label_names=label_order(sorted(names)), columns=columns,
                           streams=streams)
 
 

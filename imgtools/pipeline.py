@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ._version import __version__
@@ -23,11 +23,21 @@ from .cluster import Placement, dashboard_link, where_to_run
 from .config import Compression, PresizeConfig, Size
 from .engine import give_up, process_one, run_chunk, with_failed
 from .errors import ConfigError
+from .listparts import (
+    chunk_rows,
+    drop_listing,
+    listing_request,
+    load_listing,
+    part_lengths,
+    read_listing,
+    write_listing,
+    write_rows,
+)
 from .memory import tune_allocator
-from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks, task_count
+from .plan import MAX_TASKS, ChunkJob, RunPlan, estimate_bytes, group_runs, group_tasks, plan_chunks, task_count
 from .schema import ManifestTally, OutputInfo, Status
 from .sinks import make_sink
-from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, spans_of, summarize_source
+from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, source_columns, spans_of, summarize_source
 from .watchdog import Watch, run_watched
 
 __all__ = ["presize", "dry_run", "PresizeReport"]
@@ -73,12 +83,9 @@ class PresizeReport:
                 f"{self.seconds:.1f} s ({self.images_per_second:.0f} images/s){resumed} -> {self.dest}")
 
 
-def _job(config: PresizeConfig, items: pd.DataFrame) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    paired = [c for c in ("mask", *PAIRED_COLUMNS) if c in items.columns]
-    for row in items[["origin", "label", *paired]].itertuples(index=False):
-        digest.update(("\0".join(map(str, row)) + "\n").encode())
-    return {"config": config.to_dict(), "n": len(items), "inputs": digest.hexdigest(), "imgtools": __version__}
+def _job(config: PresizeConfig, n: int, digest: str) -> dict[str, Any]:
+    """The job record: config and inputs (their number and :func:`~imgtools.listparts.rows_digest`)."""
+    return {"config": config.to_dict(), "n": n, "inputs": digest, "imgtools": __version__}
 
 
 def _progress(total: int, enabled: bool):
@@ -104,6 +111,7 @@ def presize(
     progress: bool = True,
     append: bool = False,
     allow_changed: bool = False,
+    relist: bool = False,
 ) -> PresizeReport:
     """Presize every image under ``source`` into ``dest``.
 
@@ -137,6 +145,9 @@ def presize(
     allow_changed : bool
         With ``append``: append even though inputs ``dest`` holds changed or vanished since (their rows
         stay as they are; the report lists them), instead of refusing.
+    relist : bool
+        List SOURCE again even where an interrupted run of the same job left its listing in DEST (a resumed
+        run takes that listing by default: files added to SOURCE since are not seen then).
 
     Returns
     -------
@@ -155,14 +166,14 @@ def presize(
         raise ConfigError("--allow-changed goes with --append")
     with where_to_run(client, scheduler, workers) as where:  # a named scheduler is reached before DEST is touched
         return _presize(source, dest, config, where, storage_options, masks, overwrite, progress,
-                        append, allow_changed)
+                        append, allow_changed, relist)
 
 
-def _config_for(config: PresizeConfig, items: pd.DataFrame) -> PresizeConfig:
-    """The config with masks on when the listing pairs images with masks."""
-    if "mask" in items.columns and not config.masks:
+def _config_for(config: PresizeConfig, columns: Sequence[str]) -> PresizeConfig:
+    """The config with masks on when the listing (of these ``columns``) pairs images with masks."""
+    if "mask" in columns and not config.masks:
         return dataclasses.replace(config, masks=True)
-    if config.masks and "mask" not in items.columns:
+    if config.masks and "mask" not in columns:
         raise ConfigError("config asks for masks but SOURCE has no 'mask' column and no masks folder was given")
     return config
 
@@ -204,7 +215,7 @@ def dry_run(
                        estimated=config.compression is not Compression.NONE)
     listing = list_source(source, config.labels, storage_options, masks=masks)
     items = listing.items
-    config = _config_for(config, items)
+    config = _config_for(config, tuple(items.columns))
     sink = make_sink(dest, config, storage_options)
     sink.check_items(items)
     finished, todo = plan_chunks(items, config.chunk, sink.done_rows(), sink.positional)
@@ -224,55 +235,119 @@ def _build_config(config, sizes, mode, format) -> PresizeConfig:
 
 
 def _presize(source, dest, config, where: Placement, storage_options, masks, overwrite, progress,
-             append=False, allow_changed=False) -> PresizeReport:
-    """presize() once where it runs is decided."""
+             append=False, allow_changed=False, relist=False) -> PresizeReport:
+    """presize() once where it runs is decided: DEST locked, SOURCE listed into it as parts, planned, run."""
     started = time.perf_counter()
-    listing = list_source(source, config.labels, storage_options, masks=masks)
-    items, label_names, lengths = listing.items, listing.label_names, listing.items["bytes"].to_numpy()
-    config = _config_for(config, items)
+    config = _config_for(config, source_columns(source, storage_options) + (("mask",) if masks else ()))
     sink = make_sink(dest, config, storage_options)
-    extension = plan_append(listing, sink, config, allow_changed) if append else None
-    if extension is not None and not extension.new:
-        return _nothing_new(sink, config, extension, started)
-    if extension is not None:  # DEST's rows, then the new inputs; the base's manifest kept until the end
-        items, label_names, lengths = extension.items, extension.label_names, extension.lengths
-        extension.start(sink)
-        done = sink.prepare(items, _job(config, items), overwrite=overwrite, keep=extension.base)
-    else:
-        done = sink.prepare(items, _job(config, items), overwrite=overwrite)
-    with sink.ledger.lock.hold():  # a heartbeat; a run whose lock was taken over cannot complete DEST
-        finished, todo = plan_chunks(items, config.chunk, done, sink.positional)
-        if extension is not None:  # the base rows of its last chunk are carried over, never read
-            todo = reuse_base(todo, extension, config.chunk)
-        todo = _with_recorded_timeouts(todo, sink.ledger.all_timeouts())  # a resumed run never retries them
-        bar = _progress(len(items), progress)
-        bar.update(sum(len(rows) for rows in finished.values()))
+    ledger = sink.ledger
+    ledger.open(overwrite)
+    with ledger.lock.hold():  # a heartbeat from the listing on; a run whose lock was taken over cannot complete DEST
+        try:
+            parts = _listing(source, ledger.location, config, storage_options, masks, relist, append)
+            run = _Run(parts, config.chunk) if sink.positional and not append and not parts.streams else None
+            extension = None
+            if run is None:  # every row held: appends, image-file outputs, compressed tars read through
+                listing = load_listing(ledger.location, parts)
+                sink.check_items(listing.items)
+                run = _Run(parts, config.chunk, listing.items)
+                extension = plan_append(listing, sink, config, allow_changed) if append else None
+                if extension is not None and not extension.new:
+                    drop_listing(ledger.location)
+                    ledger.abandon()
+                    return _nothing_new(sink, config, extension, started)
+                if extension is not None:  # DEST's rows, then the new inputs; the base's manifest kept until the end
+                    run = _Run(write_rows(ledger.location, extension.items, parts.source, {"append": True}),
+                               config.chunk, extension.items, extension.label_names, extension.lengths)
+                    extension.start(sink)
+            sink.prepare(run.n, _job(config, run.n, run.parts.digest), overwrite=overwrite,
+                         keep=None if extension is None else extension.base)
+        except BaseException:  # DEST as it was (a DEST this run made is removed)
+            drop_listing(ledger.location)
+            ledger.abandon()
+            raise
+        finished, todo = run.plan(sink, extension)
+        bar = _progress(run.n, progress)
+        bar.update(run.rows_done(finished))
+        digest = run.parts.digest
         with where.client(len(todo)) as dask_client:
             if dask_client is not None:  # tasks report counts; their rows stay in the markers they wrote
-                _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress)
+                _run_on_dask(todo, run, config, storage_options, sink, bar, dask_client, progress)
             else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
                 with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
                     for job in todo:
-                        run_chunk(job.items, job.index, config, sink, job.reuse, session=session)
-                        bar.update(len(job.items))
+                        rows = _rows_of(job, sink, config.chunk, digest)
+                        run_chunk(rows, job.index, config, sink, job.reuse, session=session)
+                        bar.update(len(rows))
         bar.close()
-        sink.ledger.drop_listing()
-        earlier = OutputInfo.from_attrs(sink.read_attrs()) if done.size else None
+        record_lengths(sink, run.lengths(ledger.location))  # what the next append compares with
+        drop_listing(ledger.location)
+        earlier = OutputInfo.from_attrs(sink.read_attrs()) if finished or run.reused(todo) else None
         derived = earlier.derived if earlier is not None else {}  # sizes `imgtools derive` added stay listed
-        info = OutputInfo(version=__version__, config=config.to_dict(), n=len(items),
-                          label_names=list(label_names), source=listing.source,
+        info = OutputInfo(version=__version__, config=config.to_dict(), n=run.n,
+                          label_names=list(run.label_names), source=parts.source,
                           sizes=config.size_keys + [k for k in derived if k not in config.size_keys], derived=derived)
-        chunks = len(finished) + len(todo)
-        record_lengths(sink, lengths)  # what the next append compares with
-        tally = sink.finalize((finished[k] if k in finished else sink.ledger.read_marker(k) for k in range(chunks)),
-                              info.to_attrs())  # the manifest, chunk after chunk, from the done markers
+        tally = sink.finalize((finished[k] if finished.get(k) is not None else sink.ledger.read_marker(k)
+                               for k in range(run.chunks)), info.to_attrs())  # the manifest, chunk after chunk
     if extension is not None:
         extension.finish(sink)
-    if tally.rows != len(items):
-        raise RuntimeError(f"internal error: {tally.rows} manifest rows for {len(items)} inputs")
-    processed = sum(len(job.items) - (0 if job.reuse is None else len(job.reuse)) for job in todo)
+    if tally.rows != run.n:
+        raise RuntimeError(f"internal error: {tally.rows} manifest rows for {run.n} inputs")
+    processed = sum(run.rows_of(job.index) - (0 if job.reuse is None else len(job.reuse)) for job in todo)
     return _report(sink, config, tally, started, chunks_done=len(todo), chunks_resumed=len(finished),
                    processed=processed, **_appended(extension))
+
+
+def _listing(source, location, config: PresizeConfig, storage_options, masks, relist: bool, append: bool):
+    """SOURCE's listing as parts in DEST: the one an interrupted run of the same request left there (not
+    with ``relist``, nor for an append, which compares SOURCE as it is now), or listed now."""
+    request = listing_request(source, config.labels, masks)
+    found = None if relist or append else read_listing(location, request)
+    return found if found is not None else write_listing(source, location, config.labels, storage_options, masks)
+
+
+class _Run:
+    """The inputs of a run and its chunks: the listing's ``parts`` (rows in DEST), and ``items`` when the
+    run holds every row (otherwise a chunk is done when its marker is complete, nothing else is read)."""
+
+    def __init__(self, parts, chunk: int, items: pd.DataFrame | None = None, label_names=None, lengths=None):
+        self.parts, self.chunk, self.items = parts, chunk, items
+        self.n = len(parts) if items is None else len(items)
+        self.chunks = math.ceil(self.n / chunk)
+        self.label_names = parts.label_names if label_names is None else label_names
+        self._lengths = lengths
+
+    def rows_of(self, k: int) -> int:
+        return min(self.chunk, self.n - k * self.chunk)
+
+    def rows_done(self, finished: dict[int, pd.DataFrame | None]) -> int:
+        return sum(self.rows_of(k) for k in finished)
+
+    def plan(self, sink, extension: Extension | None) -> tuple[dict[int, pd.DataFrame | None], list[ChunkJob]]:
+        """(finished chunks -> their rows, or None to be read from their markers; chunks still to do)."""
+        if self.items is None:
+            done = sink.done_chunks(self.rows_of)
+            return dict.fromkeys(sorted(done)), [ChunkJob(k, None) for k in range(self.chunks) if k not in done]
+        finished, todo = plan_chunks(self.items, self.chunk, sink.done_rows(), sink.positional)
+        if extension is not None:  # the base rows of its last chunk are carried over, never read
+            todo = reuse_base(todo, extension, self.chunk)
+        return finished, _with_recorded_timeouts(todo, sink.ledger.all_timeouts())  # a resumed run never retries them
+
+    def reused(self, todo: list[ChunkJob]) -> bool:
+        """Whether some chunk still to do reuses rows an earlier run finished."""
+        return any(job.reuse is not None for job in todo)
+
+    def tasks(self, todo: list[ChunkJob]) -> list[list[ChunkJob]]:
+        if self.items is None:
+            return group_runs(todo, MAX_TASKS)
+        return group_tasks(todo, self.items, self.chunk)
+
+    def lengths(self, location) -> Any:
+        if self._lengths is not None:
+            return self._lengths
+        if self.items is not None:
+            return self.items["bytes"].to_numpy()
+        return np.concatenate(list(part_lengths(location, self.parts)))
 
 
 def _report(sink, config: PresizeConfig, tally: ManifestTally, started: float, **fields: Any) -> PresizeReport:
@@ -299,7 +374,7 @@ def _nothing_new(sink, config: PresizeConfig, extension: Extension, started: flo
                    **_appended(extension))
 
 
-def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, progress) -> None:
+def _run_on_dask(todo, run: _Run, config, storage_options, sink, bar, dask_client, progress) -> None:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
 
@@ -309,9 +384,9 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
             bar.write(f"dashboard: {link}", file=sys.stderr)
     # one partition per task of whole chunks: no two tasks ever write the same chunk; a task carries chunk
     # numbers (and rows an earlier run finished), its worker reads the inputs from the listing in DEST
-    tasks = [[job._replace(items=None) for job in task] for task in group_tasks(todo, items, config.chunk)]
-    sink.ledger.write_listing(items, config.chunk)
-    bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options)
+    digest = run.parts.digest
+    tasks = [[job._replace(items=None) for job in task] for task in run.tasks(todo)]
+    bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options, digest)
     futures = dask_client.compute(bag.to_delayed(), retries=2)
     if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
         from distributed import progress as dask_progress
@@ -329,7 +404,7 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
             try:
                 counts = [n for group in future.result() for n in group]
             except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
-                counts = [_isolate(dask_client, chunk, config, storage_options, sink, bar)
+                counts = [_isolate(dask_client, chunk, config, storage_options, sink, bar, digest)
                           for chunk in task_of[future.key]]
             bar.update(sum(counts))
             del live[future.key]
@@ -338,14 +413,14 @@ def _run_on_dask(todo, items, config, storage_options, sink, bar, dask_client, p
         dask_client.cancel(list(live.values()))
 
 
-def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options) -> list[int]:
+def _run_task(task: list[ChunkJob], config: PresizeConfig, sink, storage_options, listing: str) -> list[int]:
     """One task's chunks, in order, in one thread (a compressed tar's stream goes on between them); the
     number of rows of each (the rows themselves are in the chunks' done markers)."""
     tune_allocator()  # a worker started by Dask's nanny with a fixed malloc threshold
     restart = _worker_restarts()
     with reading(storage_options) as session:  # a retry after a stuck image reads the ledger's record of it
-        return [run_chunk(_rows_of(job, sink, config.chunk), job.index, config, sink, job.reuse, session=session,
-                          timed_out=sink.ledger.timeouts(job.index), restart=restart) for job in task]
+        return [run_chunk(_rows_of(job, sink, config.chunk, listing), job.index, config, sink, job.reuse,
+                          session=session, timed_out=sink.ledger.timeouts(job.index), restart=restart) for job in task]
 
 
 def _worker_restarts() -> bool:
@@ -368,9 +443,9 @@ def _with_recorded_timeouts(todo: list[ChunkJob], records: dict[int, dict[str, s
             for job in todo]
 
 
-def _rows_of(job: ChunkJob, sink, chunk: int) -> pd.DataFrame:
-    """A chunk's inputs: carried by the job, or read from the listing the client wrote into DEST."""
-    return job.items if job.items is not None else sink.ledger.listing_rows(job.index, chunk)
+def _rows_of(job: ChunkJob, sink, chunk: int, listing: str) -> pd.DataFrame:
+    """A chunk's inputs: carried by the job, or read from the listing (of digest ``listing``) in DEST."""
+    return job.items if job.items is not None else chunk_rows(sink.ledger.location, listing, job.index, chunk)
 
 
 def _in_notebook() -> bool:
@@ -401,13 +476,13 @@ def _probe(row: pd.Series, index: int, config: PresizeConfig, sink, storage_opti
     return run_watched(work, config.image_timeout, give_up(sink, index, config, reasons, _worker_restarts()))
 
 
-def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> int:
+def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar, listing: str) -> int:
     """Run a chunk whose task killed its workers again and again: each image alone, then the chunk
     without the images that kill workers, which become failed rows with that reason."""
     from distributed import KilledWorker, wait
 
     index, _, reuse = job
-    part = _rows_of(job, sink, config.chunk)
+    part = _rows_of(job, sink, config.chunk, listing)
     reuse = with_failed(reuse, sink.ledger.timeouts(index))
     done = set() if reuse is None else set(reuse["relpath"])
     suspects = part[~part["relpath"].isin(done)]
@@ -420,10 +495,10 @@ def _isolate(dask_client, job: ChunkJob, config, storage_options, sink, bar) -> 
     reuse = with_failed(reuse, dict.fromkeys(killers, "the decoder crashed its worker process on every try"))
     try:
         n = dask_client.submit(_run_task, [ChunkJob(index, part, reuse)], config, sink,
-                               storage_options, pure=False, retries=2).result()[0]
+                               storage_options, listing, pure=False, retries=2).result()[0]
     except KilledWorker:  # not one file alone: give up on the chunk's images, keep the run
         rest = suspects["relpath"][~suspects["relpath"].isin(killers)]
         reuse = with_failed(reuse, dict.fromkeys(rest, "the worker died while processing this image's chunk"))
         n = dask_client.submit(_run_task, [ChunkJob(index, part, reuse)], config, sink, storage_options,
-                               pure=False).result()[0]
+                               listing, pure=False).result()[0]
     return n

@@ -21,7 +21,8 @@ from .engine import manifest_frame, result_columns
 from .schema import final_mask
 from .sources import stream_group
 
-__all__ = ["ChunkJob", "plan_chunks", "group_tasks", "task_count", "RunPlan", "estimate_bytes", "MAX_TASKS"]
+__all__ = ["ChunkJob", "plan_chunks", "group_tasks", "group_runs", "task_count", "RunPlan", "estimate_bytes",
+           "MAX_TASKS"]
 
 #: A run never has many more tasks than this: chunks are grouped (100M images of chunk 256 make 390,625
 #: chunks but 20,000 tasks), which keeps the task graph and the scheduler's work small.
@@ -107,6 +108,19 @@ def group_tasks(todo: list[ChunkJob], items: pd.DataFrame, chunk: int,
             tasks.append([job])
         last = stream_group(part["origin"].iloc[-1])
     return tasks
+
+
+def group_runs(todo: list[ChunkJob], max_tasks: int = MAX_TASKS) -> list[list[ChunkJob]]:
+    """Chunks grouped into tasks of consecutive chunks, in order, at most about ``max_tasks`` tasks (inputs
+    read no compressed tar: see :func:`group_tasks` for those).
+
+    Examples
+    --------
+    >>> [[job.index for job in task] for task in group_runs([ChunkJob(k, None) for k in range(5)], max_tasks=2)]
+    [[0, 1, 2], [3, 4]]
+    """
+    per_task = max(1, math.ceil(len(todo) / max_tasks))
+    return [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
 
 
 def task_count(chunks: int, max_tasks: int = MAX_TASKS) -> int:

@@ -24,6 +24,7 @@ from .listing import (
     list_source,
     safe_relpath,
     sniff_image,
+    source_columns,
     spans_of,
     summarize_source,
 )
@@ -31,7 +32,7 @@ from .location import Resolver
 
 __all__ = ["Listing", "list_source", "ListingSummary", "summarize_source", "ReadSession", "reading", "read_bytes",
            "stream_group", "spans_of", "IMAGE_EXTENSIONS", "sniff_image", "safe_relpath", "SPAN_COLUMNS",
-           "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
+           "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS", "source_columns"]
 
 
 def stream_group(origin: str) -> str | None:

@@ -73,26 +73,6 @@ def test_a_hundred_million_images_make_at_most_max_tasks_tasks():
     assert len(group_tasks(todo, items, 256)) <= MAX_TASKS
 
 
-@pytest.mark.parametrize("n", [1, 70, 1000])
-@pytest.mark.parametrize("chunk", [1, 16, 256])
-def test_the_listing_in_dest_gives_each_chunk_its_rows_as_listed(labelled_dir, tmp_path, monkeypatch, n, chunk):
-    from imgtools.location import Location
-    from imgtools.sinks import ledger as ledger_module
-
-    monkeypatch.setattr(ledger_module, "LISTING_PART_ROWS", 64)  # several parts, chunks across their boundaries
-    items = pd.DataFrame({"index": range(n), "origin": [f"/x/{i}.jpg" for i in range(n)],
-                          "label": pd.array([None if i % 3 else f"c{i % 5}" for i in range(n)], dtype="string"),
-                          "bytes": range(n)})
-    ledger = ledger_module.RunLedger(Location.resolve(str(tmp_path / "dest")), positional=True)
-    ledger.write_listing(items, chunk)
-    for k in range(-(-n // chunk)):
-        got = ledger.listing_rows(k, chunk)
-        pd.testing.assert_frame_equal(got, items.iloc[k * chunk : (k + 1) * chunk].reset_index(drop=True))
-    ledger.drop_listing()
-    assert not (tmp_path / "dest" / ".imgtools" / "listing").exists()
-
-
-
 def _manifest(tmp_path, kind: str, rows: dict) -> str:
     path = tmp_path / f"list.{kind}"
     frame = pd.DataFrame(rows)

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -117,10 +117,10 @@ class Sink(abc.ABC):
         os.replace(temporary, path)
 
     # ---- client side -------------------------------------------------------------------------------
-    def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False,
-                keep: int | None = None) -> pd.DataFrame:
-        """Lock DEST for this run and get it ready for ``job`` (config and inputs) and the listed ``items``
-        (see :meth:`RunLedger.prepare`); returns the manifest rows earlier runs of the same job finished.
+    def prepare(self, n: int, job: dict[str, Any], overwrite: bool = False, keep: int | None = None) -> None:
+        """Lock DEST for this run and get it ready for ``job`` (config and inputs) of ``n`` inputs (see
+        :meth:`RunLedger.prepare`); :meth:`done_rows` / :meth:`done_chunks` then say what earlier runs of the
+        same job finished. Check the inputs first (:meth:`check_items`) where this form may refuse them.
         ``keep``: an append keeping DEST's first ``keep`` rows (their data is then left alone: :attr:`kept`).
 
         Raises
@@ -128,16 +128,17 @@ class Sink(abc.ABC):
         DestinationError
             Another run holds DEST, DEST holds another job, or DEST is a non-empty folder imgtools did
             not write (never deleted, even with ``overwrite``).
-        ConfigError
-            This form cannot hold the listed items (see :meth:`_check_items`); DEST is left untouched.
         """
-        self._check_items(items)
         self.kept = keep or 0
-        return self.ledger.prepare(job, overwrite, lambda: self._create(items), keep=keep)
+        self.ledger.prepare(job, overwrite, lambda: self._create(n), keep=keep)
+
+    def done_chunks(self, rows_of: Callable[[int], int]) -> set[int]:
+        """The chunks an earlier run of this job finished, by number alone (chunk ``k`` has ``rows_of(k)``
+        rows): their markers are read but not kept (a positional output's resume, any length)."""
+        return self.ledger.complete_markers(rows_of)
 
     def check_items(self, items: pd.DataFrame) -> None:
-        """Raise ConfigError when this form cannot hold the listed ``items`` (what :meth:`prepare` checks
-        first); touches nothing."""
+        """Raise ConfigError when this form cannot hold the listed ``items``; touches nothing."""
         self._check_items(items)
 
     def finalize(self, parts: Iterable[pd.DataFrame], attrs: dict[str, Any]) -> ManifestTally:
@@ -199,8 +200,8 @@ class Sink(abc.ABC):
     def _check_items(self, items: pd.DataFrame) -> None:  # noqa: B027 - optional hook: forms that hold anything keep it
         """Refuse inputs this form cannot hold apart, before DEST is touched (arrays hold anything)."""
 
-    def _create(self, items: pd.DataFrame) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Get the output ready for the listed ``items`` (idempotent: a resumed run calls it again); by
+    def _create(self, n: int) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Get the output ready for ``n`` inputs (idempotent: a resumed run calls it again); by
         default nothing, as folders appear with their files."""
 
     @abc.abstractmethod

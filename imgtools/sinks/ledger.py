@@ -6,9 +6,8 @@
 - ``.imgtools/chunks/<k>.parquet``: chunk ``k``'s manifest rows, written after its data (the done marker):
   a chunk counts as done only when its marker can be read, so an interrupted run redoes exactly the chunks
   whose output may be incomplete.
-- ``.imgtools/listing/<p>.parquet``: the inputs of a run on a cluster, a row group per chunk, so that a
-  task carries chunk numbers and its worker reads its rows here (:meth:`RunLedger.write_listing`,
-  :meth:`RunLedger.listing_rows`) instead of the rows travelling in the task graph.
+- ``.imgtools/listing/``: the inputs of the run, as parts (written and read by :mod:`imgtools.listparts`,
+  after :meth:`RunLedger.open` took the lock): tasks carry chunk numbers, their workers read the rows there.
 - ``.imgtools/timeouts/<k>.json``: the images of chunk ``k`` that ran past the per-image time limit, by
   ``relpath``, with their reason (:meth:`RunLedger.record_timeouts`), written before the process that ran
   them gives them up; every later try of the chunk, in this run or a resumed one, takes them as failed
@@ -23,7 +22,6 @@ hands it the two things only it knows: how to create its empty output and where 
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import posixpath
@@ -38,15 +36,12 @@ from ..errors import DestinationError
 from ..location import Location
 from .lock import LOCK_FILE, LOCK_TTL, RunLock
 
-__all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "LISTING_DIR", "TIMEOUT_DIR", "MANIFEST", "ATTRS_FILE",
+__all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "TIMEOUT_DIR", "MANIFEST", "ATTRS_FILE",
            "LOCK_TTL", "parquet_bytes"]
 
 JOB_FILE = ".imgtools/job.json"
 MARKER_DIR = ".imgtools/chunks"
-LISTING_DIR = ".imgtools/listing"
 TIMEOUT_DIR = ".imgtools/timeouts"
-#: Rows of a listing part, about (whole chunks): small enough to read whole for one chunk, few files at 100M.
-LISTING_PART_ROWS = 65536
 MANIFEST = "manifest.parquet"
 ATTRS_FILE = "imgtools.json"
 
@@ -78,6 +73,8 @@ class RunLedger:
         self.run_id = uuid.uuid4().hex
         #: The run lock of DEST (exclusive where the store allows; see :mod:`imgtools.sinks.lock`).
         self.lock = RunLock(location, self.run_id, ttl=LOCK_TTL)
+        self._opened = False
+        self._fresh = False
 
     @property
     def url(self) -> str:
@@ -92,10 +89,49 @@ class RunLedger:
         self.location.fs.pipe_file(path, data)
 
     # ---- the job -----------------------------------------------------------------------------------
+    def open(self, overwrite: bool = False) -> None:
+        """Lock DEST for this run before anything is written there (the listing, see
+        :mod:`imgtools.listparts`); with ``overwrite``, remove what earlier runs wrote. Idempotent.
+
+        Raises
+        ------
+        DestinationError
+            Another run holds DEST, or DEST is a non-empty folder imgtools did not write (never deleted,
+            even with ``overwrite``).
+        """
+        if self._opened:
+            return
+        fs = self.location.fs
+        ours = fs.exists(self.path(".imgtools"))
+        if not ours and self._nonempty():
+            raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; "
+                                   "choose another DEST")
+        self._fresh = not ours and not fs.exists(self.location.root)
+        self.take_lock()  # first, so that nothing below races another run (overwrite included)
+        try:
+            if ours and overwrite:
+                self._clear()
+        except BaseException:
+            self.release_lock()
+            raise
+        self._opened = True
+
+    def abandon(self) -> None:
+        """Undo :meth:`open` for a run that stops before :meth:`prepare` recorded its job: DEST as it was
+        found (a DEST this run created is removed), the lock released."""
+        fs = self.location.fs
+        try:
+            if self._fresh and self._read_job() is None and fs.exists(self.location.root):
+                fs.rm(self.location.root, recursive=True)
+        finally:
+            self.release_lock()
+            self._opened = False
+
     def prepare(self, job: dict[str, Any], overwrite: bool, create: Callable[[], None],
-                keep: int | None = None) -> pd.DataFrame:
-        """Lock DEST for this run and get it ready for ``job``: ``create()`` makes the layout's empty output
-        (idempotent). Returns the manifest rows earlier runs of the same job finished (:meth:`done_rows`).
+                keep: int | None = None) -> None:
+        """Lock DEST for this run (:meth:`open`, unless done) and get it ready for ``job``: ``create()``
+        makes the layout's empty output (idempotent). The chunks earlier runs of the same job finished are
+        then :meth:`done_rows` (or, by number alone, :meth:`complete_markers`).
 
         ``keep`` (an append, see :mod:`imgtools.append`): DEST's first ``keep`` rows stay and ``job`` may list
         more inputs than the recorded job (its config must be the same); the job record is then replaced and
@@ -108,17 +144,10 @@ class RunLedger:
             Another run holds DEST, DEST holds another job, or DEST is a non-empty folder imgtools did
             not write (never deleted, even with ``overwrite``).
         """
+        self.open(overwrite)
         fs = self.location.fs
-        ours = fs.exists(self.path(".imgtools"))
-        if not ours and self._nonempty():
-            raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; "
-                                   "choose another DEST")
-        self.take_lock()  # first, so that nothing below races another run (overwrite included)
         try:
-            if ours and overwrite:
-                self._clear()
-                ours = False
-            previous = self._read_job() if ours else None
+            previous = self._read_job()
             if previous is not None and not self._same_job(previous, job):
                 if keep is None or (_with_defaults(previous.get("config", {}))
                                     != _with_defaults(job.get("config", {}))):
@@ -132,7 +161,6 @@ class RunLedger:
             elif fs.exists(self.path(MANIFEST)):  # no longer complete while this run works
                 fs.rm_file(self.path(MANIFEST))
             create()
-            return self.done_rows()
         except BaseException:
             self.release_lock()
             raise
@@ -196,6 +224,27 @@ class RunLedger:
             return set()
         return {int(posixpath.basename(p).split(".")[0]) for p in listed if p.endswith(".parquet")}
 
+    def complete_markers(self, rows_of: Callable[[int], int]) -> set[int]:
+        """The chunk numbers whose done marker can be read and holds ``rows_of(k)`` rows (a marker cut short
+        by a killed run counts as not done), without keeping any marker's rows: a batch of markers at a time,
+        their Parquet footers read."""
+        import pyarrow.parquet as pq
+
+        fs = self.location.fs
+        indices = sorted(self.marker_indices())
+        complete = set()
+        for start in range(0, len(indices), 256):
+            batch = indices[start : start + 256]
+            paths = [self.path(MARKER_DIR, f"{k:07d}.parquet") for k in batch]
+            blobs = fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
+            for k, blob in zip(batch, blobs):
+                try:
+                    if pq.read_metadata(io.BytesIO(blob)).num_rows == rows_of(k):
+                        complete.add(k)
+                except Exception:  # missing or partial: the chunk is redone
+                    continue
+        return complete
+
     def done_rows(self) -> pd.DataFrame:
         """Manifest rows of every chunk whose marker is complete, with a ``chunk`` column; a marker that
         cannot be read (a run killed while writing it) counts as not done."""
@@ -246,32 +295,6 @@ class RunLedger:
             return {}
         indices = [int(posixpath.basename(p).split(".")[0]) for p in listed if p.endswith(".json")]
         return {k: found for k in indices if (found := self.timeouts(k))}
-
-    # ---- the listing, for workers ------------------------------------------------------------------
-    def write_listing(self, items: pd.DataFrame, chunk: int) -> None:
-        """The listed inputs, in parts of whole chunks with a row group per chunk, for :meth:`listing_rows`."""
-        per_part = _chunks_per_part(chunk)
-        rows = per_part * chunk
-        fs = self.location.fs
-        fs.makedirs(self.path(LISTING_DIR), exist_ok=True)
-        for p, start in enumerate(range(0, len(items), rows)):
-            buf = io.BytesIO()
-            items.iloc[start : start + rows].to_parquet(buf, index=False, engine="pyarrow", row_group_size=chunk)
-            self.put(posixpath.join(LISTING_DIR, f"{p:07d}.parquet"), buf.getvalue())
-
-    def drop_listing(self) -> None:
-        """Remove the listing (once every chunk is done: a finished output is the same however it ran)."""
-        fs = self.location.fs
-        if fs.exists(self.path(LISTING_DIR)):
-            fs.rm(self.path(LISTING_DIR), recursive=True)
-
-    def listing_rows(self, index: int, chunk: int) -> pd.DataFrame:
-        """Chunk ``index``'s inputs as :meth:`write_listing` stored them: one row group of one part
-        (the part's footer read once per process and part)."""
-        per_part = _chunks_per_part(chunk)
-        path = self.path(LISTING_DIR, f"{index // per_part:07d}.parquet")
-        part = _listing_part(self.location.fs, path, self.run_id)  # this run's: a later run may rewrite it
-        return part.read_row_group(index % per_part).to_pandas()
 
     def read_marker(self, index: int) -> pd.DataFrame:
         """Chunk ``index``'s manifest rows, from its done marker.
@@ -337,19 +360,6 @@ class RunLedger:
     def release_lock(self) -> None:
         """Remove this run's lock (left alone if another run has taken it over)."""
         self.lock.release()
-
-
-def _chunks_per_part(chunk: int) -> int:
-    return max(1, LISTING_PART_ROWS // chunk)
-
-
-@functools.lru_cache(maxsize=4)
-def _listing_part(fs: Any, path: str, run_id: str) -> Any:
-    """A listing part, opened for reading row groups (a few kept per process: consecutive chunks of a
-    task read the same part)."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(io.BytesIO(fs.cat_file(path)))
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import json
 import math
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -109,26 +109,28 @@ class WebDatasetSink(Sink):
         return self.config.shard_image.value
 
     # ---- resume by shard ---------------------------------------------------------------------------
-    def prepare(self, items: pd.DataFrame, job: dict[str, Any], overwrite: bool = False) -> pd.DataFrame:
-        return self._with_shards(super().prepare(items, job, overwrite))
+    def done_chunks(self, rows_of: Callable[[int], int]) -> set[int]:
+        return self._shards_present(super().done_chunks(rows_of))
 
     def done_rows(self) -> pd.DataFrame:
         return self._with_shards(super().done_rows())
 
     def _with_shards(self, done: pd.DataFrame) -> pd.DataFrame:
-        """The rows of the done chunks whose shards are all there (one listing per size)."""
+        """The rows of the done chunks whose shards are all there."""
         if done.empty:
             return done
-        present = None
+        return done[done["chunk"].isin(self._shards_present(set(done["chunk"].unique())))].reset_index(drop=True)
+
+    def _shards_present(self, chunks: set[int]) -> set[int]:
+        """The ``chunks`` whose shards are all there (one listing per size)."""
+        present = set(chunks)
         for key in self.config.size_keys:
             try:
                 listed = {posixpath.basename(p) for p in self.fs.ls(self.path(key), detail=False)}
             except FileNotFoundError:
                 listed = set()
-            have = {k for k in done["chunk"].unique()
-                    if posixpath.basename(shard_relpath(key, int(k))) in listed}
-            present = have if present is None else present & have
-        return done[done["chunk"].isin(present)].reset_index(drop=True)
+            present = {k for k in present if posixpath.basename(shard_relpath(key, int(k))) in listed}
+        return present
 
     # ---- worker side -------------------------------------------------------------------------------
     def encode(self, image: np.ndarray, original: bytes | None = None) -> bytes:

@@ -7,7 +7,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
@@ -64,13 +63,12 @@ class ZarrSink(Sink):
     def _store(self):
         return _zarr_store(self.fs, self.root, self.storage_options)
 
-    def _create(self, items: pd.DataFrame) -> None:
+    def _create(self, n: int) -> None:
         group = zarr.open_group(self._store(), mode="a", zarr_format=3, use_consolidated=False)
         if "labels" in group:  # made by the earlier run of this job (labels come last)
-            if group["labels"].shape[0] < len(items):  # an append: every array grows, chunks stay as they are
-                self._grow(group, len(items))
+            if group["labels"].shape[0] < n:  # an append: every array grows, chunks stay as they are
+                self._grow(group, n)
             return
-        n = len(items)
         c = self.config.chunk
         for size, key in zip(self.config.sizes, self.config.size_keys):
             self.create_images(group, key, n, size)

@@ -1,0 +1,293 @@
+"""The listing of a run as parts in DEST, so that nothing holds every input's row at once.
+
+A folder or prefix is listed unit by unit (:mod:`imgtools.folders`, side by side where the filesystem
+serves requests concurrently), each unit's rows written as one part as soon as they are listed; archives
+and manifests are listed as before and written in parts of :data:`PART_ROWS`. What stays in memory is a
+:class:`ListingParts`: the rows of each part, the label names, and a digest of the inputs in order that does
+not depend on how they were cut into parts (:func:`rows_digest`; the job record compares it).
+
+A task's worker reads its chunk's rows from the parts (:func:`chunk_rows`): tasks carry chunk numbers,
+never rows. A resumed run reads the parts it finds instead of listing SOURCE again, when they were listed
+for the same request (source, labels, masks) and ``relist`` is not asked; a finished run removes them.
+
+Layout under ``DEST/.imgtools/listing/``: ``part-NNNNNNN.parquet`` (the columns of
+:data:`~imgtools.folders.UNIT_COLUMNS`, and where the listing has them the archive spans, ``mask``,
+``points``, ``boxes``) and ``index.json``, written last: a listing without it is listed again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import LabelSource
+from .errors import SourceError
+from .folders import list_unit, map_units, plan_folder
+from .listing import PAIRED_COLUMNS, Listing, label_order, list_source, resolve_source
+from .location import Location
+
+__all__ = ["ListingParts", "write_listing", "write_rows", "listing_request", "read_listing",
+           "chunk_rows", "load_listing", "drop_listing",
+           "part_lengths", "rows_digest", "LISTING_DIR", "PART_ROWS"]
+
+LISTING_DIR = ".imgtools/listing"
+_INDEX = "index.json"
+#: Rows of a part cut from a listing held whole (archives, manifests, masks).
+PART_ROWS = 65536
+#: Rows of a Parquet row group in a part: a chunk reads the row groups it overlaps.
+_ROW_GROUP = 4096
+_P = (1 << 61) - 1  # the digest is a polynomial in the rows' hashes modulo this prime
+_B = 1_000_003
+
+
+def _digest_columns(columns) -> list[str]:
+    return ["origin", "label", *[c for c in ("mask", *PAIRED_COLUMNS) if c in columns]]
+
+
+def rows_digest(rows: pd.DataFrame) -> int:
+    """A digest of ``rows``' origins and labels (and paired targets) in order: ``sum(h_i * B^(n-1-i)) mod
+    P`` over 64-bit row hashes, so that the digest of two listings one after the other is
+    :func:`_combine` of theirs and a listing's digest is the same however it was cut into parts.
+
+    Examples
+    --------
+    >>> rows = pd.DataFrame({"origin": ["a", "b", "c"], "label": ["x", None, "y"]})
+    >>> rows_digest(rows) == _combine(rows_digest(rows.iloc[:1]), rows_digest(rows.iloc[1:]), 2)
+    True
+    """
+    columns = _digest_columns(rows.columns)
+    text = rows["origin"].astype(str)
+    for column in columns[1:]:
+        values = rows[column].astype(object)
+        text = text + "\0" + values.where(values.notna(), "\1").astype(str)
+    digest = 0
+    for h in (pd.util.hash_pandas_object(text, index=False).to_numpy() % np.uint64(_P)).tolist():
+        digest = (digest * _B + h) % _P
+    return digest
+
+
+def _combine(first: int, then: int, n_then: int) -> int:
+    return (first * pow(_B, n_then, _P) + then) % _P
+
+
+@dataclasses.dataclass(frozen=True)
+class ListingParts:
+    """A listing written as parts: the ``request`` it answers (source, labels, masks, every_file), the
+    rows of each part (``counts``), the ``label_names`` in order, the ``digest`` of the inputs, the
+    ``columns`` of the parts, and whether some inputs are members of compressed tars (``streams``)."""
+
+    source: str
+    request: dict[str, Any]
+    counts: tuple[int, ...]
+    label_names: tuple[str, ...]
+    digest: str
+    columns: tuple[str, ...]
+    streams: bool
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+
+def _part_path(location: Location, k: int) -> str:
+    return location.path(LISTING_DIR, f"part-{k:07d}.parquet")
+
+
+def _write_part(location: Location, k: int, rows: pd.DataFrame) -> tuple[int, set[str], int, bool]:
+    """Part ``k``: (rows, labels, digest, streams)."""
+    buf = io.BytesIO()
+    rows.to_parquet(buf, index=False, engine="pyarrow", row_group_size=_ROW_GROUP)
+    location.fs.pipe_file(_part_path(location, k), buf.getvalue())
+    labels = set(rows["label"].dropna().astype(str)) if len(rows) else set()
+    streams = bool(rows["origin"].str.match(r"^tar://.*::.*\.(tar\.gz|tgz)$").any()) if len(rows) else False
+    return len(rows), labels, rows_digest(rows), streams
+
+
+def write_listing(source: str | list[str], location: Location, labels: LabelSource = LabelSource.FOLDER,
+                  storage_options: dict[str, Any] | None = None, masks: str | None = None,
+                  every_file: bool = False) -> ListingParts:
+    """List ``source`` (as :func:`~imgtools.listing.list_source` does, the same rows in the same order)
+    into parts under ``location`` (DEST), replacing any listing there, and return its summary. A folder
+    or prefix without ``masks`` is written unit by unit: its rows are never all held.
+
+    Raises
+    ------
+    SourceError
+        As :func:`~imgtools.listing.list_source`.
+
+    Examples
+    --------
+    >>> parts = write_listing("photos/", Location.resolve("photos.zarr"))     # doctest: +SKIP
+    >>> len(parts), parts.label_names                                           # doctest: +SKIP
+    (1000, ('cat', 'dog'))
+    """
+    request = listing_request(source, labels, masks, every_file)
+    folder = resolve_source(source, storage_options) if masks is None else None
+    if folder is None:  # archives, manifests, masks: listed whole, written in parts
+        listing = list_source(source, labels, storage_options, masks=masks, every_file=every_file)
+        return write_rows(location, listing.items, listing.source, request)
+    drop_listing(location)
+    location.fs.makedirs(location.path(LISTING_DIR), exist_ok=True)
+    fs, root = folder  # unit by unit, each written as soon as it is listed
+    units = plan_folder(fs, root)
+    work = functools.partial(_list_part, location, fs, root, units, LabelSource(labels), every_file)
+    summaries = map_units(work, range(len(units)), fs)
+    if not sum(n for n, _, _, _ in summaries):
+        raise SourceError(f"SOURCE {source!r} holds no image files")
+    return _index(location, str(source), request, summaries)
+
+
+def listing_request(source: str | list[str], labels: LabelSource, masks: str | None,
+                    every_file: bool = False) -> dict[str, Any]:
+    """What a listing answers: a listing in DEST is taken again only for the same request."""
+    return {"source": source if isinstance(source, str) else list(source), "labels": LabelSource(labels).value,
+            "masks": None if masks is None else str(masks), "every_file": every_file}
+
+
+def write_rows(location: Location, items: pd.DataFrame, source: str, request: dict[str, Any]) -> ListingParts:
+    """Listing rows held whole (``items``, as :func:`~imgtools.listing.list_source` gives them, or an
+    append's rows) written as the listing in DEST, in parts of :data:`PART_ROWS`."""
+    drop_listing(location)
+    location.fs.makedirs(location.path(LISTING_DIR), exist_ok=True)
+    rows = items.drop(columns=["index", "label_id"])
+    summaries = [_write_part(location, k, rows.iloc[start : start + PART_ROWS])
+                 for k, start in enumerate(range(0, len(rows), PART_ROWS))]
+    return _index(location, source, request, summaries)
+
+
+def _index(location: Location, source: str, request: dict[str, Any], summaries: list) -> ListingParts:
+    """The listing's index from its parts' summaries (rows, labels, digest, streams), written last."""
+    counts = tuple(n for n, _, _, _ in summaries)
+    digest = 0
+    for n, _, d, _ in summaries:
+        digest = _combine(digest, d, n)
+    parts = ListingParts(source=source, request=request, counts=counts,
+                         label_names=label_order([name for _, names, _, _ in summaries for name in names]),
+                         digest=f"{digest:016x}", columns=_columns(location, counts),
+                         streams=any(s for _, _, _, s in summaries))
+    location.fs.pipe_file(location.path(LISTING_DIR, _INDEX),
+                          json.dumps(dataclasses.asdict(parts), sort_keys=True).encode())
+    return parts
+
+
+def _list_part(location: Location, fs: Any, root: str, units: list, labels: LabelSource, every_file: bool,
+               k: int) -> tuple[int, set[str], int, bool]:
+    rows = list_unit(fs, root, units[k], labels, every_file)
+    if rows.empty:
+        return 0, set(), 0, False
+    return _write_part(location, k, rows)
+
+
+def _columns(location: Location, counts: tuple[int, ...]) -> tuple[str, ...]:
+    import pyarrow.parquet as pq
+
+    first = next(k for k, n in enumerate(counts) if n)
+    with location.fs.open(_part_path(location, first), "rb") as f:
+        return tuple(pq.read_schema(f).names)
+
+
+def read_listing(location: Location, request: dict[str, Any] | None = None) -> ListingParts | None:
+    """The listing in DEST (None when there is none, it is incomplete, or it answers another ``request``)."""
+    try:
+        parts = _parse(location.fs.cat_file(location.path(LISTING_DIR, _INDEX)))
+    except (FileNotFoundError, ValueError, TypeError, KeyError):
+        return None
+    if request is not None and parts.request != request:
+        return None
+    return parts
+
+
+def drop_listing(location: Location) -> None:
+    """Remove the listing in DEST (a finished output is the same however it ran)."""
+    if location.fs.exists(location.path(LISTING_DIR)):
+        location.fs.rm(location.path(LISTING_DIR), recursive=True)
+
+
+def _frame(rows: pd.DataFrame, start: int, label_names: tuple[str, ...]) -> pd.DataFrame:
+    """Part rows as listing rows: the running ``index``, ``label`` as text, its ``label_id``."""
+    ids = {name: i for i, name in enumerate(label_names)}
+    labels = [None if pd.isna(v) else str(v) for v in rows["label"]]
+    rows = rows.assign(label=pd.array(labels, dtype="string"), bytes=rows["bytes"].astype("int64"))
+    rows.insert(0, "index", np.arange(start, start + len(rows), dtype=np.int64))
+    rows["label_id"] = pd.array([ids.get(v, -1) for v in labels], "int32")
+    return rows.reset_index(drop=True)
+
+
+def load_listing(location: Location, parts: ListingParts) -> Listing:
+    """The whole listing, held (for what needs every row at once: appends, image-file outputs)."""
+    frames = [_open_part(location.fs, _part_path(location, k)).read().to_pandas()
+              for k, n in enumerate(parts.counts) if n]
+    items = _frame(pd.concat(frames, ignore_index=True), 0, parts.label_names)
+    return Listing(source=parts.source, fs=location.fs, items=items, label_names=parts.label_names)
+
+
+def part_lengths(location: Location, parts: ListingParts) -> Iterator[np.ndarray]:
+    """The listed length of every input, part after part."""
+    for k, n in enumerate(parts.counts):
+        if n:
+            yield _open_part(location.fs, _part_path(location, k)).read(columns=["bytes"]).column(0).to_numpy()
+
+
+def chunk_rows(location: Location, digest: str, index: int, chunk: int) -> pd.DataFrame:
+    """Chunk ``index``'s inputs (rows ``index * chunk`` on) as listing rows, read from the parts of the
+    listing whose digest is ``digest`` (its index read once per process)."""
+    parts = _cached_index(location.fs, location.path(LISTING_DIR, _INDEX), digest)
+    start = index * chunk
+    stop = min(start + chunk, len(parts))
+    offsets = np.concatenate([[0], np.cumsum(parts.counts)])
+    frames = []
+    for k in range(int(np.searchsorted(offsets, start, "right")) - 1, len(parts.counts)):
+        lo, hi = int(offsets[k]), int(offsets[k + 1])
+        if lo >= stop:
+            break
+        if hi <= start or hi == lo:
+            continue
+        part = _read_part(location.fs, _part_path(location, k), digest)
+        frames.append(_slice(part, max(start, lo) - lo, min(stop, hi) - lo))
+    return _frame(pd.concat(frames, ignore_index=True), start, parts.label_names)
+
+
+def _slice(part: Any, first: int, last: int) -> pd.DataFrame:
+    """Rows ``first`` to ``last - 1`` of a part, reading only the row groups they lie in."""
+    groups, at, offset = [], 0, None
+    for g in range(part.num_row_groups):
+        n = part.metadata.row_group(g).num_rows
+        if at + n > first and at < last:
+            groups.append(g)
+            offset = at if offset is None else offset
+        at += n
+    table = part.read_row_groups(groups)
+    return table.slice(first - offset, last - first).to_pandas()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_index(fs: Any, path: str, digest: str) -> ListingParts:
+    parts = _parse(fs.cat_file(path))
+    if parts.digest != digest:
+        raise RuntimeError(f"the listing in DEST ({path}) is not this run's")
+    return parts
+
+
+def _parse(blob: bytes) -> ListingParts:
+    recorded = json.loads(blob)
+    return ListingParts(**{**recorded, "counts": tuple(recorded["counts"]),
+                           "label_names": tuple(recorded["label_names"]), "columns": tuple(recorded["columns"])})
+
+
+@functools.lru_cache(maxsize=4)
+def _read_part(fs: Any, path: str, digest: str) -> Any:
+    """A part of the listing ``digest``, opened for reading row groups (a few kept per process: consecutive
+    chunks read one part; a listing written again has another digest)."""
+    return _open_part(fs, path)
+
+
+def _open_part(fs: Any, path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(io.BytesIO(fs.cat_file(path)))

@@ -22,6 +22,7 @@ hands it the two things only it knows: how to create its empty output and where 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import posixpath
@@ -118,14 +119,19 @@ class RunLedger:
 
     def abandon(self) -> None:
         """Undo :meth:`open` for a run that stops before :meth:`prepare` recorded its job: DEST as it was
-        found (a DEST this run created is removed), the lock released."""
-        fs = self.location.fs
+        found (what this run wrote in a DEST it created is removed, then the folders it made if empty), the
+        lock released."""
+        fs, root = self.location.fs, self.location.root
         try:
-            if self._fresh and self._read_job() is None and fs.exists(self.location.root):
-                fs.rm(self.location.root, recursive=True)
+            if self._fresh and self._read_job() is None:
+                self._clear()
         finally:
             self.release_lock()
             self._opened = False
+        if self._fresh and self.location.local:  # object stores have no folders (and rmdir there is for buckets)
+            for folder in (self.path(".imgtools"), root):
+                with contextlib.suppress(OSError):  # not empty: another run's
+                    fs.rmdir(folder)
 
     def prepare(self, job: dict[str, Any], overwrite: bool, create: Callable[[], None],
                 keep: int | None = None) -> None:

@@ -1,0 +1,168 @@
+"""The listing as parts in DEST (imgtools.listparts, imgtools.folders): the same rows in the same order as
+list_source however the tree is cut, chunks read back from the parts, a digest independent of the cut,
+a resumed run taking the listing it finds (unless relist), and a client that holds no rows."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import encode, gradient, make_archive
+from PIL import Image
+
+import imgtools
+from imgtools import folders, listparts
+from imgtools.listing import list_source
+from imgtools.location import Location
+
+JPEG = encode(Image.fromarray(gradient(12, 10)), "JPEG")
+
+
+def _tree(root: pathlib.Path) -> pathlib.Path:
+    """Files whose relpaths interleave with folders of the same stem (``a.jpg``, ``a/…``, ``a0.jpg``),
+    hidden names, an image without an extension, a non-image, and folders two levels deep."""
+    names = ["a.jpg", "a/x.jpg", "a/x/deep.jpg", "a/x-1.jpg", "a0.jpg", "b/1.png", "b/c/2.jpg", "b.jpg",
+             ".hidden/1.jpg", "a/.h.jpg", "noext", "notes.txt", "z/y/x/w.jpg", "é/ü.jpg"]
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"plain text" if name.endswith(".txt") else JPEG)
+    return root
+
+
+@pytest.mark.parametrize("split", [1, 2, 32])
+@pytest.mark.parametrize("unit_files", [1, 3, 50_000])
+def test_a_folder_listed_in_parts_equals_list_source_row_for_row(tmp_path, monkeypatch, split, unit_files):
+    root = _tree(tmp_path / "src")
+    monkeypatch.setattr(folders, "LISTING_SPLIT", split)
+    monkeypatch.setattr(folders, "UNIT_FILES", unit_files)
+    location = Location.resolve(str(tmp_path / "dest"))
+    parts = listparts.write_listing(str(root), location)
+    expected = list_source(str(root)).items
+    assert [r for r in expected["relpath"]] == sorted(expected["relpath"])
+    assert "noext" in set(expected["relpath"]) and "notes.txt" not in set(expected["relpath"])
+    pd.testing.assert_frame_equal(listparts.load_listing(location, parts).items, expected)
+    assert parts.digest == f"{listparts.rows_digest(expected):016x}"
+    assert parts.label_names == ("a", "b", "z", "é")
+
+
+def test_units_cut_a_bucket_at_its_first_levels_and_equal_one_listing(bucket, monkeypatch):
+    url, options, _ = bucket
+    fs = Location.resolve(url, options).fs
+    for name in ["a.jpg", "a/x.jpg", "a/x/deep.jpg", "a0.jpg", "b/1.jpg", "b/c/2.jpg", "c/d/e/3.jpg"]:
+        fs.pipe_file(f"{Location.resolve(url, options).root}/src/{name}", JPEG)
+    monkeypatch.setattr(folders, "LISTING_SPLIT", 4)
+    monkeypatch.setattr(folders, "UNIT_FILES", 1)
+    location = Location.resolve(f"{url}/dest", options)
+    parts = listparts.write_listing(f"{url}/src", location, storage_options=options)
+    expected = list_source(f"{url}/src", storage_options=options).items
+    assert list(expected["relpath"]) == ["a.jpg", "a/x.jpg", "a/x/deep.jpg", "a0.jpg", "b/1.jpg", "b/c/2.jpg",
+                                         "c/d/e/3.jpg"]
+    assert len(parts.counts) > 3  # really cut
+    pd.testing.assert_frame_equal(listparts.load_listing(location, parts).items, expected)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "tar", "tar.gz", "zip-deflate"])
+def test_manifests_and_archives_listed_in_parts_equal_list_source(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(listparts, "PART_ROWS", 2)
+    files = {f"c{i % 2}/{i}.jpg": JPEG for i in range(5)}
+    if kind in ("csv", "parquet"):
+        for name, data in files.items():
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            (tmp_path / name).write_bytes(data)
+        frame = pd.DataFrame({"path": list(files), "label": ["x", None, "y", "x", "y"]})
+        source = str(tmp_path / f"list.{kind}")
+        frame.to_csv(source, index=False) if kind == "csv" else frame.to_parquet(source, index=False)
+    else:
+        source = str(make_archive(kind, list(files.items()), tmp_path))
+    location = Location.resolve(str(tmp_path / "dest"))
+    parts = listparts.write_listing(source, location)
+    expected = list_source(source).items
+    assert parts.counts == (2, 2, 1) and parts.streams == (kind == "tar.gz")
+    pd.testing.assert_frame_equal(listparts.load_listing(location, parts).items, expected)
+
+
+@pytest.mark.parametrize("n", [1, 70, 1000])
+@pytest.mark.parametrize("chunk", [1, 16, 256])
+def test_each_chunk_reads_its_rows_from_the_parts_across_part_and_row_group_boundaries(tmp_path, monkeypatch, n,
+                                                                                        chunk):
+    monkeypatch.setattr(listparts, "PART_ROWS", 64)
+    monkeypatch.setattr(listparts, "_ROW_GROUP", 10)
+    items = pd.DataFrame({"index": np.arange(n, dtype=np.int64), "origin": [f"/x/{i}.jpg" for i in range(n)],
+                          "relpath": [f"{i}.jpg" for i in range(n)],
+                          "label": pd.array([None if i % 3 else f"c{i % 5}" for i in range(n)], dtype="string"),
+                          "bytes": np.arange(n, dtype=np.int64)})
+    location = Location.resolve(str(tmp_path / "dest"))
+    parts = listparts.write_rows(location, items.assign(label_id=0), "/x", {"source": "/x"})
+    names = parts.label_names
+    items["label_id"] = pd.array([names.index(v) if isinstance(v, str) else -1 for v in items["label"]], "int32")
+    for k in range(-(-n // chunk)):
+        got = listparts.chunk_rows(location, parts.digest, k, chunk)
+        pd.testing.assert_frame_equal(got, items.iloc[k * chunk : (k + 1) * chunk].reset_index(drop=True))
+    listparts.drop_listing(location)
+    assert not (tmp_path / "dest" / ".imgtools" / "listing").exists()
+
+
+@pytest.mark.parametrize("cut", [[0, 3], [1, 1, 1], [3, 0], [2, 1]])
+def test_the_digest_of_rows_is_the_same_however_they_are_cut(cut):
+    rows = pd.DataFrame({"origin": ["a", "b", "c"], "label": pd.array(["x", None, "y"], dtype="string"),
+                         "mask": [None, "m", None]})
+    digest, at = 0, 0
+    for n in cut:
+        digest = listparts._combine(digest, listparts.rows_digest(rows.iloc[at : at + n]), n)
+        at += n
+    assert digest == listparts.rows_digest(rows)
+    assert listparts.rows_digest(rows.iloc[::-1]) != listparts.rows_digest(rows)  # order counts
+    assert listparts.rows_digest(rows.assign(label=["x", "z", "y"])) != listparts.rows_digest(rows)
+
+
+def test_a_resumed_run_takes_the_listing_it_finds_and_relist_lists_again(labelled_dir, tmp_path):
+    dest = tmp_path / "out.zarr"
+    n = len(list_source(str(labelled_dir)).items)
+    listparts.write_listing(str(labelled_dir), Location.resolve(str(dest)))  # as a run stopped after listing
+    Image.fromarray(gradient(20, 20)).save(labelled_dir / "class0" / "zz_new.png")
+    report = imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+    assert report.total == n  # the listing found, not SOURCE as it is now
+    assert not (dest / ".imgtools" / "listing").exists()  # a finished run removes it
+    listparts.write_listing(str(labelled_dir), Location.resolve(str(tmp_path / "again.zarr")))
+    Image.fromarray(gradient(20, 20)).save(labelled_dir / "class0" / "zz_newer.png")
+    report = imgtools.presize(str(labelled_dir), str(tmp_path / "again.zarr"), sizes=[8], workers=0,
+                              progress=False, relist=True)
+    assert report.total == n + 2
+
+
+def test_a_listing_for_another_request_is_not_taken(labelled_dir, tmp_path):
+    dest = tmp_path / "out.zarr"
+    listparts.write_listing(str(labelled_dir / "class0"), Location.resolve(str(dest)))  # another SOURCE
+    report = imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+    assert report.total == len(list_source(str(labelled_dir)).items)
+
+
+def test_a_run_refused_for_another_job_leaves_no_listing_behind(labelled_dir, tmp_path):
+    dest = tmp_path / "out.zarr"
+    imgtools.presize(str(labelled_dir / "class0"), str(dest), sizes=[8], workers=0, progress=False)
+    with pytest.raises(imgtools.DestinationError, match="another job"):
+        imgtools.presize(str(labelled_dir), str(dest), sizes=[8], workers=0, progress=False)
+    assert not (dest / ".imgtools" / "listing").exists() and (dest / "manifest.parquet").exists()
+
+
+def test_a_missing_source_leaves_no_dest_behind(tmp_path):
+    with pytest.raises(imgtools.SourceError, match="does not exist"):
+        imgtools.presize(str(tmp_path / "nothing"), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_resumed_positional_run_redoes_a_chunk_whose_marker_was_cut_short(labelled_dir, tmp_path):
+    dest = tmp_path / "out.zarr"
+    config = imgtools.PresizeConfig.build(sizes=[8], chunk=16)
+    first = imgtools.presize(str(labelled_dir), str(dest), config=config, workers=0, progress=False)
+    before = pd.read_parquet(dest / "manifest.parquet")
+    (dest / "manifest.parquet").unlink()
+    markers = sorted((dest / ".imgtools" / "chunks").iterdir())
+    markers[1].write_bytes(markers[1].read_bytes()[:40])  # a marker cut short by a kill
+    markers[2].unlink()
+    again = imgtools.presize(str(labelled_dir), str(dest), config=config, workers=0, progress=False)
+    assert again.chunks_done == 2 and again.chunks_resumed == first.chunks_done - 2
+    pd.testing.assert_frame_equal(pd.read_parquet(dest / "manifest.parquet"), before)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import os
 import posixpath
 from typing import Any
 
 import pandas as pd
+from fsspec.implementations.local import LocalFileSystem
 
 from . import retry
 from .config import LabelSource
@@ -106,6 +108,31 @@ def map_units(work: Any, units: Any, fs: Any) -> list:
         return list(pool.map(work, units))
 
 
+def _walk_local(top: str):
+    """(path, length) of every file under ``top`` on this machine's disk, as fsspec's walk finds them
+    (links followed; a broken link has no length), without fsspec's per-file info dicts."""
+    stack = [top]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    stack.append(entry.path)
+                    continue
+                try:
+                    yield entry.path, entry.stat().st_size
+                except OSError:
+                    yield entry.path, None
+
+
+def _origins(fs: Any, root: str, paths: list[str]) -> list[str]:
+    """The URLs of ``paths`` under ``root``: the root's URL once, the rest of each path appended."""
+    base, inside = fs.unstrip_protocol(root), root.rstrip("/") + "/"
+    if not base.endswith(root.rstrip("/")):
+        return [fs.unstrip_protocol(p) for p in paths]
+    return [base.rstrip("/") + "/" + p[len(inside):] if p.startswith(inside) else fs.unstrip_protocol(p)
+            for p in paths]
+
+
 def _relpath(path: str, root: str) -> str:
     return posixpath.relpath(path, root) if path != root else posixpath.basename(path)
 
@@ -178,14 +205,17 @@ def list_unit(fs: Any, root: str, unit: FolderUnit, labels: LabelSource = LabelS
             found = retry.call(lambda: fs.find(unit.tree, withdirs=False, detail=True),
                                f"listing {fs.unstrip_protocol(unit.tree)}")
             pairs = [(path, info.get("size")) for path, info in found.items()]
-        else:  # a local disk: one walk
+        elif isinstance(fs, LocalFileSystem):
+            pairs = list(_walk_local(unit.tree))
+        else:
             pairs = [(info["name"], info.get("size")) for _, _, level in fs.walk(unit.tree, detail=True)
                      for info in level.values()]
     else:
         pairs = list(unit.files)
     rows, unknown = [], []
+    inside = root.rstrip("/") + "/"
     for path, size in pairs:
-        rel = _relpath(path, root)
+        rel = path[len(inside):] if path.startswith(inside) else _relpath(path, root)
         if is_hidden(rel):
             continue
         ext = posixpath.splitext(rel)[1].lower()
@@ -199,7 +229,7 @@ def list_unit(fs: Any, root: str, unit: FolderUnit, labels: LabelSource = LabelS
         rows += [u for u, head in zip(unknown, heads) if isinstance(head, bytes) and sniff_image(head)]
     rows.sort(key=lambda r: r[1])
     out = pd.DataFrame({
-        "origin": [fs.unstrip_protocol(r[0]) for r in rows],
+        "origin": _origins(fs, root, [r[0] for r in rows]),
         "relpath": [r[1] for r in rows],
         "label": [folder_label(r[1]) for r in rows] if labels is LabelSource.FOLDER else None,
         "bytes": pd.array([r[2] for r in rows], dtype="int64"),

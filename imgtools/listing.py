@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -24,8 +24,8 @@ from .errors import SourceError, StorageError
 from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, map_units, plan_folder, sniff_image
 from .location import Resolver
 
-__all__ = ["Listing", "list_source", "source_columns", "resolve_source", "label_order", "list_folder",
-           "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
+__all__ = ["Listing", "list_source", "manifest_batches", "source_columns", "resolve_source", "label_order",
+           "list_folder", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
            "safe_relpath", "spans_of", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
 
 _MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
@@ -163,19 +163,59 @@ def _list_archives(urls: list[str], labels: LabelSource, resolve: Resolver,
 
 
 def _list_manifest(url: str, fs, path: str, labels: LabelSource) -> pd.DataFrame:
-    reader = _MANIFEST_READERS[posixpath.splitext(path)[1].lower()]
+    frames = list(manifest_batches(url, fs, path, labels))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+#: Columns of a manifest read as text (a CSV's column of labels is never turned into numbers).
+_TEXT_COLUMNS = ("path", "label", "mask", *PAIRED_COLUMNS)
+
+
+def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSource.FOLDER,
+                     batch: int = 1 << 16) -> Iterator[pd.DataFrame]:
+    """The listing rows of a ``.csv`` / ``.parquet`` manifest, ``batch`` rows at a time (Parquet by
+    record batches, CSV by chunks), in the manifest's order: origin and relpath resolved from ``path``
+    (relative to the manifest's folder), ``label``, ``mask`` and the paired columns as text; at least one
+    frame, empty for an empty manifest.
+
+    Raises
+    ------
+    SourceError
+        The manifest cannot be read, has no ``path`` column, or a path that is empty or not text (the
+        error names the row).
+    """
+    base, start, yielded = posixpath.dirname(path), 0, False
     try:
         with fs.open(path, "rb") as f:
-            table = reader(f)
+            if path.lower().endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                parquet = pq.ParquetFile(f)
+                columns = list(parquet.schema_arrow.names)
+                tables = (b.to_pandas() for b in parquet.iter_batches(batch))
+            else:
+                columns = list(pd.read_csv(f, nrows=0).columns)
+                f.seek(0)
+                tables = pd.read_csv(f, chunksize=batch, dtype={c: str for c in _TEXT_COLUMNS if c in columns})
+            if "path" not in columns:
+                raise SourceError(f"manifest {url!r} has no 'path' column (columns: {', '.join(map(str, columns))})")
+            for table in tables:
+                yield _manifest_rows(url, fs, base, table, labels, start)
+                start += len(table)
+                yielded = True
+    except SourceError:
+        raise
     except Exception as exc:
-        raise SourceError(f"manifest {url!r} cannot be read: {exc}") from None
-    if "path" not in table.columns:
-        raise SourceError(f"manifest {url!r} has no 'path' column (columns: {', '.join(map(str, table.columns))})")
-    base = posixpath.dirname(path)
+        raise SourceError(f"manifest {url!r} cannot be read (after row {start}): {exc}") from None
+    if not yielded:
+        yield _manifest_rows(url, fs, base, pd.DataFrame({"path": []}), labels, 0)
+
+
+def _manifest_rows(url: str, fs: Any, base: str, table: pd.DataFrame, labels: LabelSource, start: int) -> pd.DataFrame:
     origins, relpaths = [], []
-    for value in table["path"]:
+    for i, value in enumerate(table["path"]):
         if not isinstance(value, str) or not value.strip():
-            raise SourceError(f"manifest {url!r} has an empty or non-text path: {value!r}")
+            raise SourceError(f"manifest {url!r} has an empty or non-text path at row {start + i}: {value!r}")
         origin, relpath = _resolve(fs, base, value)
         origins.append(origin)
         relpaths.append(relpath)
@@ -310,8 +350,8 @@ def source_columns(source: str | Sequence[str], storage_options: dict[str, Any] 
 
 
 def resolve_source(source: str | Sequence[str], storage_options: dict[str, Any] | None = None
-                   ) -> tuple[Any, str] | None:
-    """(filesystem, path) of SOURCE when it is a folder or prefix; None for a manifest or archives.
+                   ) -> tuple[Any, str, bool] | None:
+    """(filesystem, path, whether it is a manifest) of a folder, prefix or manifest SOURCE; None for archives.
 
     Raises
     ------
@@ -321,8 +361,7 @@ def resolve_source(source: str | Sequence[str], storage_options: dict[str, Any] 
     resolve = Resolver(storage_options)
     if _archive_urls(source, resolve) is not None:
         return None
-    fs, root, is_file = _locate(str(source), resolve)
-    return None if is_file else (fs, root)
+    return _locate(str(source), resolve)
 
 
 def _finish(items: pd.DataFrame, masks: str | None, resolve: Resolver, source: str, fs: Any) -> Listing:

@@ -30,7 +30,7 @@ import pandas as pd
 from .config import LabelSource
 from .errors import SourceError
 from .folders import list_unit, map_units, plan_folder
-from .listing import PAIRED_COLUMNS, Listing, label_order, list_source, resolve_source
+from .listing import PAIRED_COLUMNS, Listing, label_order, list_source, manifest_batches, resolve_source
 from .location import Location
 
 __all__ = ["ListingParts", "write_listing", "write_rows", "listing_request", "read_listing",
@@ -100,12 +100,14 @@ def _part_path(location: Location, k: int) -> str:
 
 
 def _write_part(location: Location, k: int, rows: pd.DataFrame) -> tuple[int, set[str], int, bool]:
-    """Part ``k``: (rows, labels, digest, streams)."""
+    """Part ``k``: (rows, labels, digest, streams); an empty part is not written."""
+    if not len(rows):
+        return 0, set(), 0, False
     buf = io.BytesIO()
     rows.to_parquet(buf, index=False, engine="pyarrow", row_group_size=_ROW_GROUP)
     location.fs.pipe_file(_part_path(location, k), buf.getvalue())
-    labels = set(rows["label"].dropna().astype(str)) if len(rows) else set()
-    streams = bool(rows["origin"].str.match(r"^tar://.*::.*\.(tar\.gz|tgz)$").any()) if len(rows) else False
+    labels = set(rows["label"].dropna().astype(str))
+    streams = bool(rows["origin"].str.match(r"^tar://.*::.*\.(tar\.gz|tgz)$").any())
     return len(rows), labels, rows_digest(rows), streams
 
 
@@ -128,16 +130,20 @@ def write_listing(source: str | list[str], location: Location, labels: LabelSour
     (1000, ('cat', 'dog'))
     """
     request = listing_request(source, labels, masks, every_file)
-    folder = resolve_source(source, storage_options) if masks is None else None
-    if folder is None:  # archives, manifests, masks: listed whole, written in parts
+    found = resolve_source(source, storage_options) if masks is None else None
+    if found is None:  # archives, masks: listed whole, written in parts
         listing = list_source(source, labels, storage_options, masks=masks, every_file=every_file)
         return write_rows(location, listing.items, listing.source, request)
     drop_listing(location)
     location.fs.makedirs(location.path(LISTING_DIR), exist_ok=True)
-    fs, root = folder  # unit by unit, each written as soon as it is listed
-    units = plan_folder(fs, root)
-    work = functools.partial(_list_part, location, fs, root, units, LabelSource(labels), every_file)
-    summaries = map_units(work, range(len(units)), fs)
+    fs, root, is_manifest = found
+    if is_manifest:  # batch by batch, each written as soon as it is read
+        batches = manifest_batches(str(source), fs, root, LabelSource(labels), PART_ROWS)
+        summaries = [_write_part(location, k, rows) for k, rows in enumerate(batches)]
+    else:  # unit by unit, each written as soon as it is listed
+        units = plan_folder(fs, root)
+        work = functools.partial(_list_part, location, fs, root, units, LabelSource(labels), every_file)
+        summaries = map_units(work, range(len(units)), fs)
     if not sum(n for n, _, _, _ in summaries):
         raise SourceError(f"SOURCE {source!r} holds no image files")
     return _index(location, str(source), request, summaries)
@@ -178,10 +184,7 @@ def _index(location: Location, source: str, request: dict[str, Any], summaries: 
 
 def _list_part(location: Location, fs: Any, root: str, units: list, labels: LabelSource, every_file: bool,
                k: int) -> tuple[int, set[str], int, bool]:
-    rows = list_unit(fs, root, units[k], labels, every_file)
-    if rows.empty:
-        return 0, set(), 0, False
-    return _write_part(location, k, rows)
+    return _write_part(location, k, list_unit(fs, root, units[k], labels, every_file))
 
 
 def _columns(location: Location, counts: tuple[int, ...]) -> tuple[str, ...]:

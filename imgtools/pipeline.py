@@ -277,7 +277,8 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
                 with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
                     for job in todo:
                         rows = _rows_of(job, sink, config.chunk, digest)
-                        run_chunk(rows, job.index, config, sink, job.reuse, session=session)
+                        run_chunk(rows, job.index, config, sink, job.reuse, session=session,
+                                  timed_out=sink.ledger.timeouts(job.index))
                         bar.update(len(rows))
         bar.close()
         record_lengths(sink, run.lengths(ledger.location))  # what the next append compares with

@@ -1,12 +1,13 @@
 """Decode stage: image bytes -> an ``(H, W, C)`` ``uint8`` array, upright (EXIF orientation applied), with
 C = ``limits.channels``: Pillow's ``L``, RGB (the default) or RGBA.
 
-Pillow does the decoding. JPEGs are decoded in the DCT domain at the smallest scale that still leaves
-the requested size (see :func:`imgtools.resize.draft_request`), every Pillow mode is brought to RGB with
-the :mod:`imgtools.kernels` (transparency composited over the background), to ``L`` as Pillow converts
-that RGB (a grey file straight to ``L``), or to RGBA as Pillow converts it (alpha kept; 255 where there is
-none), and a pixel-count guard refuses decompression bombs before any pixel is
-decoded. Only formats in ``limits.formats`` are opened, so untrusted bytes never reach rarely used
+Pillow does the decoding, but for plain JPEGs (nearly every photo): libjpeg-turbo, after
+:mod:`imgtools.turbo` read the header as Pillow's open would. JPEGs are decoded in the DCT domain at the
+smallest scale that still leaves the requested size (see :func:`imgtools.resize.draft_request`), every
+Pillow mode is brought to RGB with the :mod:`imgtools.kernels` (transparency composited over the
+background), to ``L`` as Pillow converts that RGB (a grey file straight to ``L``), or to RGBA as Pillow
+converts it (alpha kept; 255 where there is none), and a pixel-count guard refuses decompression bombs
+before any pixel is decoded. Only formats in ``limits.formats`` are opened, so untrusted bytes never reach rarely used
 decoders or make Pillow start an outside program. Every failure is a :class:`~imgtools.errors.DecodeError`
 whose message is the reason recorded in the manifest.
 """
@@ -23,14 +24,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-try:  # libjpeg-turbo without Pillow around it: the fast path for plain JPEGs
-    import simplejpeg as _simplejpeg
-except ImportError:  # pragma: no cover - a dependency; Pillow alone still decodes everything
-    _simplejpeg = None
-
 from . import kernels
 from .config import DecodeLimits
 from .errors import DecodeError
+from .turbo import draft_scale, opened_as_jpeg, plain_header, turbo_pixels
 
 __all__ = ["Decoded", "Outside", "decode", "decode_mask", "decode_native", "ORIENTATION_SWAPS"]
 
@@ -294,7 +291,35 @@ def _open_guarded(data: bytes, limits: DecodeLimits, what: str = "") -> tuple[Im
     return img, _orientation(img)
 
 
+def _plain(data: bytes, limits: DecodeLimits, request) -> Decoded | None:
+    """A plain JPEG (see :mod:`imgtools.turbo`) decoded as :func:`_decode` decodes it, without opening it
+    with Pillow; None: not a plain JPEG, or libjpeg-turbo refused it (then Pillow opens it)."""
+    header = plain_header(data) if opened_as_jpeg(data, limits.formats) else None
+    if header is None:
+        return None
+    stored, orientation = (header.width, header.height), header.orientation
+    width, height = stored[::-1] if orientation in ORIENTATION_SWAPS else stored
+    reason = limits.outside(width, height)
+    if reason is not None:
+        raise Outside(reason, width, height, header.mode)
+    drafted = stored
+    if request is not None:
+        need = request(width, height)
+        need = need[::-1] if orientation in ORIENTATION_SWAPS else need
+        drafted = draft_scale(stored, (max(1, need[0]), max(1, need[1])))
+    if drafted[0] * drafted[1] > limits.max_pixels:
+        return None  # Pillow's path names it
+    pixels = turbo_pixels(data, header.mode, stored, drafted, limits.channels)
+    if pixels is None:
+        return None
+    return Decoded(pixels=_upright(pixels, orientation), width=width, height=height, mode=header.mode,
+                   format="JPEG", orientation=orientation)
+
+
 def _decode(data: bytes, limits: DecodeLimits, request) -> Decoded:
+    fast = _plain(data, limits, request)
+    if fast is not None:
+        return fast
     img = _open(data, limits.formats)
     fmt = img.format or "unknown"
     orientation = _orientation(img)
@@ -313,37 +338,13 @@ def _decode(data: bytes, limits: DecodeLimits, request) -> Decoded:
     if dw * dh > limits.max_pixels:
         raise DecodeError(f"{dw}x{dh} = {dw * dh} pixels is above max_pixels {limits.max_pixels}")
     meta = dict(width=width, height=height, mode=mode, format=fmt, orientation=orientation)
-    fast = (_turbo(data, img, (stored_w, stored_h), (dw, dh), limits.channels)
-            if fmt == "JPEG" and mode in ("RGB", "L") else None)
+    fast = (turbo_pixels(data, mode, (stored_w, stored_h), (dw, dh), limits.channels)
+            if fmt == "JPEG" and mode in ("RGB", "L") and img.info.get("adobe_transform") is None else None)
     if fast is not None:
         return Decoded(pixels=_upright(fast, orientation), **meta)
     img.load()
     pixels = _upright(_convert(img, limits), orientation)
     return Decoded(pixels=pixels, transparent="transparency" in img.info, **meta)
-
-
-def _turbo(data: bytes, img: Image.Image, stored: tuple[int, int], drafted: tuple[int, int],
-           channels: int = 3) -> np.ndarray | None:
-    """A plain JPEG straight to an RGB array with libjpeg-turbo (simplejpeg), at the DCT scale Pillow's
-    draft chose: the same pixels as Pillow's decoder gives, a third faster (no Pillow image, no copy).
-    For ``channels`` 1, a grey JPEG is decoded straight to grey, a colour one to RGB then Pillow's ``L``
-    of it; for 4, RGB with alpha 255. None when simplejpeg is missing or refuses the file: Pillow then
-    decodes it (and names the fault)."""
-    if _simplejpeg is None or img.info.get("adobe_transform") is not None:
-        return None
-    factor = stored[0] // drafted[0] if drafted[0] else 1
-    gray = channels == 1 and img.mode == "L"
-    colorspace = "GRAY" if gray else "RGBA" if channels == 4 else "RGB"
-    try:
-        out = _simplejpeg.decode_jpeg(data, colorspace=colorspace, min_factor=factor, min_width=drafted[0],
-                                      min_height=drafted[1])
-    except Exception:
-        return None
-    if (out.shape[1], out.shape[0]) != drafted:
-        return None
-    if channels == 1 and not gray:
-        return np.asarray(Image.fromarray(out).convert("L"))[:, :, None]
-    return out
 
 
 def decode_mask(data: bytes, limits: DecodeLimits) -> np.ndarray:

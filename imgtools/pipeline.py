@@ -14,27 +14,18 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ._version import __version__
-from .append import Extension, plan_append, record_lengths, reuse_base
+from .append import Extension, plan_append, record_lengths
 from .cluster import Placement, dashboard_link, where_to_run
 from .config import Compression, PresizeConfig, Size
 from .engine import give_up, process_one, run_chunk, with_failed
 from .errors import ConfigError
-from .listparts import (
-    chunk_rows,
-    drop_listing,
-    listing_request,
-    load_listing,
-    part_lengths,
-    read_listing,
-    write_listing,
-    write_rows,
-)
+from .inputs import RunInputs, list_inputs
+from .listparts import chunk_rows, drop_listing, load_listing, write_rows
 from .memory import tune_allocator
-from .plan import MAX_TASKS, ChunkJob, RunPlan, estimate_bytes, group_runs, group_tasks, plan_chunks, task_count
+from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks, task_count
 from .schema import ManifestTally, OutputInfo, Status
 from .sinks import make_sink
 from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, source_columns, spans_of, summarize_source
@@ -244,20 +235,20 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     ledger.open(overwrite)
     with ledger.lock.hold():  # a heartbeat from the listing on; a run whose lock was taken over cannot complete DEST
         try:
-            parts = _listing(source, ledger.location, config, storage_options, masks, relist, append)
-            run = _Run(parts, config.chunk) if sink.positional and not append and not parts.streams else None
+            parts = list_inputs(source, ledger.location, config, storage_options, masks, relist, append)
+            run = RunInputs(parts, config.chunk) if sink.positional and not append and not parts.streams else None
             extension = None
             if run is None:  # every row held: appends, image-file outputs, compressed tars read through
                 listing = load_listing(ledger.location, parts)
                 sink.check_items(listing.items)
-                run = _Run(parts, config.chunk, listing.items)
+                run = RunInputs(parts, config.chunk, listing.items)
                 extension = plan_append(listing, sink, config, allow_changed) if append else None
                 if extension is not None and not extension.new:
                     drop_listing(ledger.location)
                     ledger.abandon()
                     return _nothing_new(sink, config, extension, started)
                 if extension is not None:  # DEST's rows, then the new inputs; the base's manifest kept until the end
-                    run = _Run(write_rows(ledger.location, extension.items, parts.source, {"append": True}),
+                    run = RunInputs(write_rows(ledger.location, extension.items, parts.source, {"append": True}),
                                config.chunk, extension.items, extension.label_names, extension.lengths)
                     extension.start(sink)
             sink.prepare(run.n, _job(config, run.n, run.parts.digest), overwrite=overwrite,
@@ -299,58 +290,6 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
                    processed=processed, **_appended(extension))
 
 
-def _listing(source, location, config: PresizeConfig, storage_options, masks, relist: bool, append: bool):
-    """SOURCE's listing as parts in DEST: the one an interrupted run of the same request left there (not
-    with ``relist``, nor for an append, which compares SOURCE as it is now), or listed now."""
-    request = listing_request(source, config.labels, masks)
-    found = None if relist or append else read_listing(location, request)
-    return found if found is not None else write_listing(source, location, config.labels, storage_options, masks)
-
-
-class _Run:
-    """The inputs of a run and its chunks: the listing's ``parts`` (rows in DEST), and ``items`` when the
-    run holds every row (otherwise a chunk is done when its marker is complete, nothing else is read)."""
-
-    def __init__(self, parts, chunk: int, items: pd.DataFrame | None = None, label_names=None, lengths=None):
-        self.parts, self.chunk, self.items = parts, chunk, items
-        self.n = len(parts) if items is None else len(items)
-        self.chunks = math.ceil(self.n / chunk)
-        self.label_names = parts.label_names if label_names is None else label_names
-        self._lengths = lengths
-
-    def rows_of(self, k: int) -> int:
-        return min(self.chunk, self.n - k * self.chunk)
-
-    def rows_done(self, finished: dict[int, pd.DataFrame | None]) -> int:
-        return sum(self.rows_of(k) for k in finished)
-
-    def plan(self, sink, extension: Extension | None) -> tuple[dict[int, pd.DataFrame | None], list[ChunkJob]]:
-        """(finished chunks -> their rows, or None to be read from their markers; chunks still to do)."""
-        if self.items is None:
-            done = sink.done_chunks(self.rows_of)
-            return dict.fromkeys(sorted(done)), [ChunkJob(k, None) for k in range(self.chunks) if k not in done]
-        finished, todo = plan_chunks(self.items, self.chunk, sink.done_rows(), sink.positional)
-        if extension is not None:  # the base rows of its last chunk are carried over, never read
-            todo = reuse_base(todo, extension, self.chunk)
-        return finished, _with_recorded_timeouts(todo, sink.ledger.all_timeouts())  # a resumed run never retries them
-
-    def reused(self, todo: list[ChunkJob]) -> bool:
-        """Whether some chunk still to do reuses rows an earlier run finished."""
-        return any(job.reuse is not None for job in todo)
-
-    def tasks(self, todo: list[ChunkJob]) -> list[list[ChunkJob]]:
-        if self.items is None:
-            return group_runs(todo, MAX_TASKS)
-        return group_tasks(todo, self.items, self.chunk)
-
-    def lengths(self, location) -> Any:
-        if self._lengths is not None:
-            return self._lengths
-        if self.items is not None:
-            return self.items["bytes"].to_numpy()
-        return np.concatenate(list(part_lengths(location, self.parts)))
-
-
 def _report(sink, config: PresizeConfig, tally: ManifestTally, started: float, **fields: Any) -> PresizeReport:
     """The report of a run whose manifest ``tally`` counted, with its run ``fields`` (chunks, processed, ...)."""
     failed = tally.failed.reset_index(drop=True)
@@ -375,7 +314,7 @@ def _nothing_new(sink, config: PresizeConfig, extension: Extension, started: flo
                    **_appended(extension))
 
 
-def _run_on_dask(todo, run: _Run, config, storage_options, sink, bar, dask_client, progress) -> None:
+def _run_on_dask(todo, run: RunInputs, config, storage_options, sink, bar, dask_client, progress) -> None:
     import dask.bag as db
     from distributed import KilledWorker, as_completed
 
@@ -432,16 +371,6 @@ def _worker_restarts() -> bool:
         return get_worker().nanny is not None
     except ValueError:  # not in a worker
         return False
-
-
-def _with_recorded_timeouts(todo: list[ChunkJob], records: dict[int, dict[str, str]]) -> list[ChunkJob]:
-    """The jobs with the images an earlier run recorded past the time limit (by relpath, whatever chunk they
-    were in) among their reused rows."""
-    if not records:
-        return todo
-    reasons = {rel: why for found in records.values() for rel, why in found.items()}
-    return [job._replace(reuse=with_failed(job.reuse, {r: reasons[r] for r in job.items["relpath"] if r in reasons}))
-            for job in todo]
 
 
 def _rows_of(job: ChunkJob, sink, chunk: int, listing: str) -> pd.DataFrame:

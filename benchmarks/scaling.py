@@ -28,13 +28,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 _CLIENT = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
+import pickle
+import dask.bag
 import imgtools
+graph = {"tasks": 0, "graph_bytes": 0}
+_from_sequence = dask.bag.from_sequence
+def _counted(seq, *args, **kwargs):  # the tasks presize sends: their number and pickled size
+    graph["tasks"] += len(seq)
+    graph["graph_bytes"] += len(pickle.dumps(seq))
+    return _from_sequence(seq, *args, **kwargs)
+dask.bag.from_sequence = _counted
 t = time.perf_counter()
 report = imgtools.presize(sys.argv[2], sys.argv[3], sizes=[8], workers=int(sys.argv[4]), progress=False)
 seconds = time.perf_counter() - t
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "ok": report.ok, "total": report.total,
-                  "module": imgtools.__file__}))
+                  "module": imgtools.__file__, **graph}))
 """
 
 
@@ -53,6 +62,20 @@ def tiny_pngs(root: pathlib.Path, n: int, per_folder: int = 1000) -> pathlib.Pat
         Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(sub / f"{i:08d}.png")
     done.touch()
     return folder
+
+
+def manifest_of(root: pathlib.Path, n: int, files: int = 300_000) -> pathlib.Path:
+    """A Parquet manifest of ``n`` rows naming the ``files`` tiny PNGs of :func:`tiny_pngs` in turn (each
+    several times when ``n`` is larger): runs of a million inputs without a million files (made once)."""
+    import pandas as pd
+
+    path = root / f"manifest-{n}.parquet"
+    if not path.exists():
+        folder = tiny_pngs(root, files)
+        names = [f"{folder.name}/c{i // 1000:05d}/{i:08d}.png" for i in range(files)]
+        pd.DataFrame({"path": [names[i % files] for i in range(n)],
+                      "label": [f"c{i % 1000}" for i in range(n)]}).to_parquet(path, index=False)
+    return path
 
 
 def run(tree: pathlib.Path, source: pathlib.Path, workers: int) -> dict:
@@ -104,7 +127,16 @@ class _Zeros:
 _BOMB = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
+import pickle
+import dask.bag
 import imgtools
+graph = {"tasks": 0, "graph_bytes": 0}
+_from_sequence = dask.bag.from_sequence
+def _counted(seq, *args, **kwargs):  # the tasks presize sends: their number and pickled size
+    graph["tasks"] += len(seq)
+    graph["graph_bytes"] += len(pickle.dumps(seq))
+    return _from_sequence(seq, *args, **kwargs)
+dask.bag.from_sequence = _counted
 t = time.perf_counter()
 report = imgtools.presize(sys.argv[2], sys.argv[3], sizes=[16], workers=0, progress=False)
 seconds = time.perf_counter() - t
@@ -135,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--compare", type=pathlib.Path, help="another checkout of imgtools to run beside this one")
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "imgtools-scaling")
+    parser.add_argument("--manifest", action="store_true",
+                        help="N rows of a Parquet manifest over 300,000 tiny PNGs instead of N files in folders")
     parser.add_argument("--bombs", action="store_true", help="only the size bombs (a .tar.gz member, a sparse file)")
     args = parser.parse_args(argv)
     if args.bombs:
@@ -145,21 +179,23 @@ def main(argv: list[str] | None = None) -> None:
     trees = {"this": ROOT} | ({"compare": args.compare.resolve()} if args.compare else {})
     rows = []
     for n in args.n:
-        source = tiny_pngs(args.cache, n)
+        source = manifest_of(args.cache, n) if args.manifest else tiny_pngs(args.cache, n)
         for name, tree in trees.items():
             got = run(tree, source, args.workers)
             rows.append((name, n, got))
             print(f"{name:8s} {n:>9,d} images: client peak {got['peak_mb']:7.0f} MB, {got['seconds']:6.1f} s "
-                  f"({n / got['seconds']:,.0f} img/s), {got['ok']} ok", flush=True)
-    print("\n| tree | images | client peak RSS (MB) | growth per image (bytes) | wall (s) | img/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+                  f"({n / got['seconds']:,.0f} img/s), {got['ok']} ok, {got.get('tasks', 0)} tasks "
+                  f"({got.get('graph_bytes', 0):,} bytes)", flush=True)
+    print("\n| tree | images | client peak RSS (MB) | growth per image (bytes) | wall (s) | img/s | tasks "
+          "| task bytes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in trees:
         mine = [(n, got) for tree, n, got in rows if tree == name]
         base_n, base = mine[0]
         for n, got in mine:
             growth = (got["peak_mb"] - base["peak_mb"]) * 2**20 / (n - base_n) if n != base_n else float("nan")
             print(f"| {name} | {n:,} | {got['peak_mb']:.0f} | {growth:.0f} | {got['seconds']:.1f} | "
-                  f"{n / got['seconds']:,.0f} |")
+                  f"{n / got['seconds']:,.0f} | {got.get('tasks', 0):,} | {got.get('graph_bytes', 0):,} |")
 
 
 if __name__ == "__main__":

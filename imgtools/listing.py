@@ -184,7 +184,7 @@ def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSo
         The manifest cannot be read, has no ``path`` column, or a path that is empty or not text (the
         error names the row).
     """
-    base, start, yielded = posixpath.dirname(path), 0, False
+    base, start, yielded, where = posixpath.dirname(path), 0, False, ""
     try:
         with fs.open(path, "rb") as f:
             if path.lower().endswith(".parquet"):
@@ -192,21 +192,37 @@ def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSo
 
                 parquet = pq.ParquetFile(f)
                 columns = list(parquet.schema_arrow.names)
-                tables = (b.to_pandas() for b in parquet.iter_batches(batch))
+
+                def tables() -> Iterator[pd.DataFrame]:  # row group by row group, so that an error names one
+                    nonlocal where
+                    at = 0
+                    for g in range(parquet.num_row_groups):
+                        n = parquet.metadata.row_group(g).num_rows
+                        where = f" in row group {g} (rows {at} to {at + n - 1})"
+                        table = parquet.read_row_group(g)
+                        for s in range(0, max(n, 1), batch):
+                            yield table.slice(s, batch).to_pandas()
+                        at += n
             else:
                 columns = list(pd.read_csv(f, nrows=0).columns)
                 f.seek(0)
-                tables = pd.read_csv(f, chunksize=batch, dtype={c: str for c in _TEXT_COLUMNS if c in columns})
+                reader = pd.read_csv(f, chunksize=batch, dtype={c: str for c in _TEXT_COLUMNS if c in columns})
+
+                def tables() -> Iterator[pd.DataFrame]:
+                    nonlocal where
+                    where = f" after row {start}"
+                    yield from reader
             if "path" not in columns:
                 raise SourceError(f"manifest {url!r} has no 'path' column (columns: {', '.join(map(str, columns))})")
-            for table in tables:
+            for table in tables():
                 yield _manifest_rows(url, fs, base, table, labels, start)
                 start += len(table)
                 yielded = True
     except SourceError:
         raise
     except Exception as exc:
-        raise SourceError(f"manifest {url!r} cannot be read (after row {start}): {exc}") from None
+        reason = " ".join(str(exc).split())  # one line
+        raise SourceError(f"manifest {url!r} cannot be read{where}: {reason}") from None
     if not yielded:
         yield _manifest_rows(url, fs, base, pd.DataFrame({"path": []}), labels, 0)
 

@@ -166,3 +166,37 @@ def test_a_resumed_positional_run_redoes_a_chunk_whose_marker_was_cut_short(labe
     again = imgtools.presize(str(labelled_dir), str(dest), config=config, workers=0, progress=False)
     assert again.chunks_done == 2 and again.chunks_resumed == first.chunks_done - 2
     pd.testing.assert_frame_equal(pd.read_parquet(dest / "manifest.parquet"), before)
+
+
+def _garbled_row_group(path: pathlib.Path) -> None:
+    """A Parquet manifest of two row groups whose second one is garbage."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"path": [f"{i}.jpg" for i in range(200)], "label": ["x"] * 200}), path,
+                   row_group_size=100)
+    offset = pq.read_metadata(path).row_group(1).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 4 : offset + 60] = os.urandom(56)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("no path column", "has no 'path' column (columns: file, label)"),
+    ("null paths", "has an empty or non-text path at row 1: nan"),
+    ("garbled row group", "cannot be read in row group 1 (rows 100 to 199)"),
+])
+def test_a_bad_manifest_is_refused_naming_the_part_and_leaves_no_dest(tmp_path, case, message):
+    path = tmp_path / "m.parquet"
+    if case == "no path column":
+        pd.DataFrame({"file": ["a.jpg"], "label": ["x"]}).to_parquet(path, index=False)
+    elif case == "null paths":
+        pd.DataFrame({"path": ["a.jpg", None, None], "label": ["x", "y", "z"]}).to_parquet(path, index=False)
+    else:
+        _garbled_row_group(path)
+    with pytest.raises(imgtools.SourceError) as err:
+        imgtools.presize(str(path), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out.zarr").exists()

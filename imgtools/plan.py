@@ -21,12 +21,30 @@ from .engine import manifest_frame, result_columns
 from .schema import final_mask
 from .sources import stream_group
 
-__all__ = ["ChunkJob", "plan_chunks", "group_tasks", "group_runs", "task_count", "RunPlan", "estimate_bytes",
-           "MAX_TASKS"]
+__all__ = ["ChunkJob", "plan_chunks", "group_tasks", "group_runs", "chunks_per_task", "task_count", "RunPlan",
+           "estimate_bytes", "MAX_TASKS", "FEW_TASKS", "CHUNKS_PER_TASK"]
 
 #: A run never has many more tasks than this: chunks are grouped (100M images of chunk 256 make 390,625
 #: chunks but 20,000 tasks), which keeps the task graph and the scheduler's work small.
 MAX_TASKS = 20_000
+#: Up to this many chunks, a task is one chunk (progress moves chunk by chunk); a run of more has tasks of
+#: several chunks, at least this many tasks and at most one per :data:`CHUNKS_PER_TASK` chunks beyond it: a
+#: task costs the scheduler (in the client's process on a local cluster) some 20 KB whatever its size
+#: (benchmarks/RESULTS.md, scaling), and 300,000 tiny images made 1,172 tasks of a tenth of a second.
+FEW_TASKS = 256
+CHUNKS_PER_TASK = 8
+
+
+def chunks_per_task(chunks: int, max_tasks: int = MAX_TASKS) -> int:
+    """How many consecutive chunks a task takes in a run of ``chunks`` chunks (see :data:`FEW_TASKS`).
+
+    Examples
+    --------
+    >>> chunks_per_task(118), chunks_per_task(1172), chunks_per_task(390_625)
+    (1, 5, 20)
+    """
+    tasks = min(chunks, max(min(FEW_TASKS, max_tasks), min(max_tasks, math.ceil(chunks / CHUNKS_PER_TASK))))
+    return max(1, math.ceil(chunks / max(1, tasks)))
 #: Bytes a pixel of an image file takes, roughly, by output format (photographs; JPEG and WebP at the
 #: default quality): the dry run's estimate. Arrays are exact (uncompressed).
 _BYTES_PER_PIXEL = {OutputFormat.JPEG: 0.3, OutputFormat.WEBP: 0.2, OutputFormat.PNG: 1.6}
@@ -83,8 +101,8 @@ def group_tasks(todo: list[ChunkJob], items: pd.DataFrame, chunk: int,
     - a chunk that goes on reading the compressed tar its predecessor ended in joins that task, when
       reaching its first member afresh would mean decompressing at least a chunk's worth of members
       before it (so a big ``.tar.gz`` is decompressed once, in order, and small ones still run side by side);
-    - with more than ``max_tasks`` chunks, runs of consecutive chunks make one task, so that there are
-      at most about ``max_tasks``.
+    - with more than :data:`FEW_TASKS` chunks, runs of consecutive chunks make one task
+      (:func:`chunks_per_task`), so that there are at most about ``max_tasks``.
 
     Examples
     --------
@@ -94,7 +112,7 @@ def group_tasks(todo: list[ChunkJob], items: pd.DataFrame, chunk: int,
     [[0, 1, 2], [3, 4]]
     """
     starts = functools.cache(lambda: _stream_starts(items))  # found only when a compressed tar needs it
-    per_task = max(1, math.ceil(len(todo) / max_tasks))
+    per_task = chunks_per_task(len(todo), max_tasks)
     tasks: list[list[ChunkJob]] = []
     last = None
     for job in todo:
@@ -111,15 +129,15 @@ def group_tasks(todo: list[ChunkJob], items: pd.DataFrame, chunk: int,
 
 
 def group_runs(todo: list[ChunkJob], max_tasks: int = MAX_TASKS) -> list[list[ChunkJob]]:
-    """Chunks grouped into tasks of consecutive chunks, in order, at most about ``max_tasks`` tasks (inputs
-    read no compressed tar: see :func:`group_tasks` for those).
+    """Chunks grouped into tasks of consecutive chunks (:func:`chunks_per_task`), in order, at most about
+    ``max_tasks`` tasks (inputs that read no compressed tar: see :func:`group_tasks` for those).
 
     Examples
     --------
     >>> [[job.index for job in task] for task in group_runs([ChunkJob(k, None) for k in range(5)], max_tasks=2)]
     [[0, 1, 2], [3, 4]]
     """
-    per_task = max(1, math.ceil(len(todo) / max_tasks))
+    per_task = chunks_per_task(len(todo), max_tasks)
     return [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
 
 
@@ -131,8 +149,7 @@ def task_count(chunks: int, max_tasks: int = MAX_TASKS) -> int:
     >>> task_count(100), task_count(390_625)
     (100, 19532)
     """
-    per_task = max(1, math.ceil(chunks / max_tasks))
-    return math.ceil(chunks / per_task)
+    return math.ceil(chunks / chunks_per_task(chunks, max_tasks))
 
 
 def _stream_starts(items: pd.DataFrame) -> dict[str, int]:

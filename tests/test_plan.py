@@ -128,3 +128,15 @@ def test_a_blank_path_in_a_parquet_manifest_is_refused_by_the_summary_as_by_the_
     for read in (summarize_source, list_source):
         with pytest.raises(SourceError, match="empty or non-text path"):
             read(url)
+
+
+@pytest.mark.parametrize(("n_chunks", "tasks"), [(1, 1), (118, 118), (256, 256), (257, 129), (1172, 235),
+                                                 (390_626, 19_532)])
+def test_a_run_of_many_chunks_has_fewer_tasks_of_several_chunks_and_task_count_agrees(n_chunks, tasks):
+    from imgtools.plan import group_runs, task_count
+
+    todo = [ChunkJob(k, None) for k in range(n_chunks)]
+    grouped = group_runs(todo)
+    assert len(grouped) == task_count(n_chunks) == tasks
+    assert [job.index for task in grouped for job in task] == list(range(n_chunks))
+    assert len({len(task) for task in grouped[:-1]}) <= 1  # equal runs, the last one shorter

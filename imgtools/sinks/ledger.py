@@ -44,6 +44,8 @@ JOB_FILE = ".imgtools/job.json"
 MARKER_DIR = ".imgtools/chunks"
 TIMEOUT_DIR = ".imgtools/timeouts"
 MANIFEST = "manifest.parquet"
+#: Rows of a row group of the manifest, about: few row groups for readers, a bounded buffer for the writer.
+MANIFEST_ROW_GROUP = 65536
 ATTRS_FILE = "imgtools.json"
 
 
@@ -315,7 +317,8 @@ class RunLedger:
 
     def write_manifest(self, parts: Iterable[pd.DataFrame]) -> None:
         """``manifest.parquet`` from manifest rows given part by part, in order (for instance one chunk's
-        at a time: a manifest of any length is written in the memory of one part), a row group each.
+        at a time: a manifest of any length is written in the memory of one row group), in row groups of
+        whole parts of about :data:`MANIFEST_ROW_GROUP` rows (held as Arrow tables until written).
         Write the attributes after it: then the output is complete.
 
         Raises
@@ -328,14 +331,20 @@ class RunLedger:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        writer = None
+        writer, pending, held = None, [], 0
         with self.location.fs.open(self.path(MANIFEST), "wb") as f:
             try:
                 for rows in parts:
                     table = pa.Table.from_pandas(rows, preserve_index=False)
                     if writer is None:
                         writer = pq.ParquetWriter(f, table.schema)
-                    writer.write_table(table.cast(writer.schema))
+                    pending.append(table.cast(writer.schema))
+                    held += len(table)
+                    if held >= MANIFEST_ROW_GROUP:  # row groups of whole parts, about this size
+                        writer.write_table(pa.concat_tables(pending), row_group_size=held)
+                        pending, held = [], 0
+                if pending:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=held)
             finally:
                 if writer is not None:
                     writer.close()

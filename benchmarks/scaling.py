@@ -78,6 +78,27 @@ def manifest_of(root: pathlib.Path, n: int, files: int = 300_000) -> pathlib.Pat
     return path
 
 
+# --dry-run of a manifest, in a fresh interpreter: wall time, the plan's figures, the process's peak RSS.
+_DRY = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import imgtools
+t = time.perf_counter()
+plan = imgtools.dry_run(sys.argv[2], sys.argv[3], sizes=[64])
+seconds = time.perf_counter() - t
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "inputs": plan.inputs, "tasks": plan.tasks,
+                  "labels": len(plan.label_names)}))
+"""
+
+
+def dry_run(tree: pathlib.Path, manifest: pathlib.Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, "-c", _DRY, str(tree), str(manifest), f"{tmp}/out.zarr"],
+                             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run(tree: pathlib.Path, source: pathlib.Path, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, "-c", _CLIENT, str(tree), str(source), f"{tmp}/out.zarr", str(workers)],
@@ -127,16 +148,7 @@ class _Zeros:
 _BOMB = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-import pickle
-import dask.bag
 import imgtools
-graph = {"tasks": 0, "graph_bytes": 0}
-_from_sequence = dask.bag.from_sequence
-def _counted(seq, *args, **kwargs):  # the tasks presize sends: their number and pickled size
-    graph["tasks"] += len(seq)
-    graph["graph_bytes"] += len(pickle.dumps(seq))
-    return _from_sequence(seq, *args, **kwargs)
-dask.bag.from_sequence = _counted
 t = time.perf_counter()
 report = imgtools.presize(sys.argv[2], sys.argv[3], sizes=[16], workers=0, progress=False)
 seconds = time.perf_counter() - t
@@ -169,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "imgtools-scaling")
     parser.add_argument("--manifest", action="store_true",
                         help="N rows of a Parquet manifest over 300,000 tiny PNGs instead of N files in folders")
+    parser.add_argument("--dry-run", type=int, metavar="ROWS",
+                        help="only `--dry-run` of a Parquet manifest of ROWS rows (made once)")
     parser.add_argument("--bombs", action="store_true", help="only the size bombs (a .tar.gz member, a sparse file)")
     args = parser.parse_args(argv)
     if args.bombs:
@@ -177,6 +191,13 @@ def main(argv: list[str] | None = None) -> None:
             run_bombs(tree, args.cache)
         return
     trees = {"this": ROOT} | ({"compare": args.compare.resolve()} if args.compare else {})
+    if args.dry_run:
+        manifest = manifest_of(args.cache, args.dry_run)
+        for name, tree in trees.items():
+            got = dry_run(tree, manifest)
+            print(f"{name}: --dry-run of {got['inputs']:,} rows ({got['labels']} labels): {got['seconds']:.1f} s, "
+                  f"peak RSS {got['peak_mb']:.0f} MB, {got['tasks']:,} tasks planned")
+        return
     rows = []
     for n in args.n:
         source = manifest_of(args.cache, n) if args.manifest else tiny_pngs(args.cache, n)

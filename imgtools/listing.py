@@ -199,9 +199,8 @@ def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSo
                     for g in range(parquet.num_row_groups):
                         n = parquet.metadata.row_group(g).num_rows
                         where = f" in row group {g} (rows {at} to {at + n - 1})"
-                        table = parquet.read_row_group(g)
-                        for s in range(0, max(n, 1), batch):
-                            yield table.slice(s, batch).to_pandas()
+                        for record_batch in parquet.iter_batches(batch, row_groups=[g]):  # never a whole group
+                            yield record_batch.to_pandas()
                         at += n
             else:
                 columns = list(pd.read_csv(f, nrows=0).columns)

@@ -40,7 +40,7 @@ __all__ = ["ListingParts", "write_listing", "write_rows", "listing_request", "re
 LISTING_DIR = ".imgtools/listing"
 _INDEX = "index.json"
 #: Rows of a part cut from a listing held whole (archives, manifests, masks).
-PART_ROWS = 65536
+PART_ROWS = 16384
 #: Rows of a Parquet row group in a part: a chunk reads the row groups it overlaps.
 _ROW_GROUP = 4096
 _P = (1 << 61) - 1  # the digest is a polynomial in the rows' hashes modulo this prime

@@ -9,10 +9,10 @@ import pathlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import encode, gradient, make_archive
 from PIL import Image
 
 import imgtools
+from conftest import encode, gradient, make_archive
 from imgtools import folders, listparts
 from imgtools.listing import list_source
 from imgtools.location import Location

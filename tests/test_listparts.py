@@ -200,3 +200,10 @@ def test_a_bad_manifest_is_refused_naming_the_part_and_leaves_no_dest(tmp_path, 
         imgtools.presize(str(path), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_refused_run_leaves_an_empty_dest_folder_empty(tmp_path):
+    (tmp_path / "out.zarr").mkdir()
+    with pytest.raises(imgtools.SourceError, match="does not exist"):
+        imgtools.presize(str(tmp_path / "nothing"), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
+    assert (tmp_path / "out.zarr").is_dir() and not any((tmp_path / "out.zarr").iterdir())

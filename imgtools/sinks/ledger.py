@@ -79,7 +79,7 @@ class RunLedger:
         #: The run lock of DEST (exclusive where the store allows; see :mod:`imgtools.sinks.lock`).
         self.lock = RunLock(location, self.run_id, ttl=LOCK_TTL)
         self._opened = False
-        self._fresh = False
+        self._fresh = self._made_root = False
 
     @property
     def url(self) -> str:
@@ -111,7 +111,7 @@ class RunLedger:
         if not ours and self._nonempty():
             raise DestinationError(f"DEST {self.url!r} is not empty and was not written by imgtools; "
                                    "choose another DEST")
-        self._fresh = not ours and not fs.exists(self.location.root)
+        self._fresh, self._made_root = not ours, not fs.exists(self.location.root)
         self.take_lock()  # first, so that nothing below races another run (overwrite included)
         try:
             if ours and overwrite:
@@ -123,8 +123,8 @@ class RunLedger:
 
     def abandon(self) -> None:
         """Undo :meth:`open` for a run that stops before :meth:`prepare` recorded its job: DEST as it was
-        found (what this run wrote in a DEST it created is removed, then the folders it made if empty), the
-        lock released."""
+        found (what this run wrote where imgtools had written nothing is removed, then the folders it made,
+        if empty), the lock released."""
         fs, root = self.location.fs, self.location.root
         try:
             if self._fresh and self._read_job() is None:
@@ -133,7 +133,7 @@ class RunLedger:
             self.release_lock()
             self._opened = False
         if self._fresh and self.location.local:  # object stores have no folders (and rmdir there is for buckets)
-            for folder in (self.path(".imgtools"), root):
+            for folder in (self.path(".imgtools"), root) if self._made_root else (self.path(".imgtools"),):
                 with contextlib.suppress(OSError):  # not empty: another run's
                     fs.rmdir(folder)
 

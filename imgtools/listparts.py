@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,7 +82,9 @@ def _combine(first: int, then: int, n_then: int) -> int:
 class ListingParts:
     """A listing written as parts: the ``request`` it answers (source, labels, masks, every_file), the
     rows of each part (``counts``), the ``label_names`` in order, the ``digest`` of the inputs, the
-    ``columns`` of the parts, and whether some inputs are members of compressed tars (``streams``)."""
+    ``columns`` of the parts, whether some inputs are members of compressed tars (``streams``), and the
+    ``id`` of this writing of it (workers cache parts by it: a listing written again, even of the same
+    inputs, may be cut otherwise)."""
 
     source: str
     request: dict[str, Any]
@@ -90,6 +93,7 @@ class ListingParts:
     digest: str
     columns: tuple[str, ...]
     streams: bool
+    id: str
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -176,7 +180,7 @@ def _index(location: Location, source: str, request: dict[str, Any], summaries: 
     parts = ListingParts(source=source, request=request, counts=counts,
                          label_names=label_order([name for _, names, _, _ in summaries for name in names]),
                          digest=f"{digest:016x}", columns=_columns(location, counts),
-                         streams=any(s for _, _, _, s in summaries))
+                         streams=any(s for _, _, _, s in summaries), id=uuid.uuid4().hex)
     location.fs.pipe_file(location.path(LISTING_DIR, _INDEX),
                           json.dumps(dataclasses.asdict(parts), sort_keys=True).encode())
     return parts
@@ -237,10 +241,10 @@ def part_lengths(location: Location, parts: ListingParts) -> Iterator[np.ndarray
             yield _open_part(location.fs, _part_path(location, k)).read(columns=["bytes"]).column(0).to_numpy()
 
 
-def chunk_rows(location: Location, digest: str, index: int, chunk: int) -> pd.DataFrame:
+def chunk_rows(location: Location, listing: str, index: int, chunk: int) -> pd.DataFrame:
     """Chunk ``index``'s inputs (rows ``index * chunk`` on) as listing rows, read from the parts of the
-    listing whose digest is ``digest`` (its index read once per process)."""
-    parts = _cached_index(location.fs, location.path(LISTING_DIR, _INDEX), digest)
+    listing in DEST whose :attr:`ListingParts.id` is ``listing`` (its index read once per process)."""
+    parts = _cached_index(location.fs, location.path(LISTING_DIR, _INDEX), listing)
     start = index * chunk
     stop = min(start + chunk, len(parts))
     offsets = np.concatenate([[0], np.cumsum(parts.counts)])
@@ -251,7 +255,7 @@ def chunk_rows(location: Location, digest: str, index: int, chunk: int) -> pd.Da
             break
         if hi <= start or hi == lo:
             continue
-        part = _read_part(location.fs, _part_path(location, k), digest)
+        part = _read_part(location.fs, _part_path(location, k), listing)
         frames.append(_slice(part, max(start, lo) - lo, min(stop, hi) - lo))
     return _frame(pd.concat(frames, ignore_index=True), start, parts.label_names)
 
@@ -270,9 +274,9 @@ def _slice(part: Any, first: int, last: int) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_index(fs: Any, path: str, digest: str) -> ListingParts:
+def _cached_index(fs: Any, path: str, listing: str) -> ListingParts:
     parts = _parse(fs.cat_file(path))
-    if parts.digest != digest:
+    if parts.id != listing:
         raise RuntimeError(f"the listing in DEST ({path}) is not this run's")
     return parts
 
@@ -284,9 +288,9 @@ def _parse(blob: bytes) -> ListingParts:
 
 
 @functools.lru_cache(maxsize=4)
-def _read_part(fs: Any, path: str, digest: str) -> Any:
-    """A part of the listing ``digest``, opened for reading row groups (a few kept per process: consecutive
-    chunks read one part; a listing written again has another digest)."""
+def _read_part(fs: Any, path: str, listing: str) -> Any:
+    """A part of the listing ``listing`` (its id), opened for reading row groups (a few kept per process:
+    consecutive chunks read one part)."""
     return _open_part(fs, path)
 
 

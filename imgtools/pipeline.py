@@ -260,14 +260,14 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
         finished, todo = run.plan(sink, extension)
         bar = _progress(run.n, progress)
         bar.update(run.rows_done(finished))
-        digest = run.parts.digest
+        listing = run.parts.id
         with where.client(len(todo)) as dask_client:
             if dask_client is not None:  # tasks report counts; their rows stay in the markers they wrote
                 _run_on_dask(todo, run, config, storage_options, sink, bar, dask_client, progress)
             else:  # in this process: asked for, one chunk of work (less than starting a cluster), or none
                 with reading(storage_options) as session:  # one thread: a compressed tar's stream goes on
                     for job in todo:
-                        rows = _rows_of(job, sink, config.chunk, digest)
+                        rows = _rows_of(job, sink, config.chunk, listing)
                         run_chunk(rows, job.index, config, sink, job.reuse, session=session,
                                   timed_out=sink.ledger.timeouts(job.index))
                         bar.update(len(rows))
@@ -324,9 +324,9 @@ def _run_on_dask(todo, run: RunInputs, config, storage_options, sink, bar, dask_
             bar.write(f"dashboard: {link}", file=sys.stderr)
     # one partition per task of whole chunks: no two tasks ever write the same chunk; a task carries chunk
     # numbers (and rows an earlier run finished), its worker reads the inputs from the listing in DEST
-    digest = run.parts.digest
+    listing = run.parts.id
     tasks = [[job._replace(items=None) for job in task] for task in run.tasks(todo)]
-    bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options, digest)
+    bag = db.from_sequence(tasks, npartitions=len(tasks)).map(_run_task, config, sink, storage_options, listing)
     futures = dask_client.compute(bag.to_delayed(), retries=2)
     if progress and _in_notebook():  # Dask's own widget in Jupyter, live beside the dashboard
         from distributed import progress as dask_progress
@@ -344,7 +344,7 @@ def _run_on_dask(todo, run: RunInputs, config, storage_options, sink, bar, dask_
             try:
                 counts = [n for group in future.result() for n in group]
             except KilledWorker:  # some file kills the decoder: find it, record it as failed, redo the rest
-                counts = [_isolate(dask_client, chunk, config, storage_options, sink, bar, digest)
+                counts = [_isolate(dask_client, chunk, config, storage_options, sink, bar, listing)
                           for chunk in task_of[future.key]]
             bar.update(sum(counts))
             del live[future.key]
@@ -374,7 +374,7 @@ def _worker_restarts() -> bool:
 
 
 def _rows_of(job: ChunkJob, sink, chunk: int, listing: str) -> pd.DataFrame:
-    """A chunk's inputs: carried by the job, or read from the listing (of digest ``listing``) in DEST."""
+    """A chunk's inputs: carried by the job, or read from the listing in DEST (``listing``: its id)."""
     return job.items if job.items is not None else chunk_rows(sink.ledger.location, listing, job.index, chunk)
 
 

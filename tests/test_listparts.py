@@ -99,7 +99,7 @@ def test_each_chunk_reads_its_rows_from_the_parts_across_part_and_row_group_boun
     names = parts.label_names
     items["label_id"] = pd.array([names.index(v) if isinstance(v, str) else -1 for v in items["label"]], "int32")
     for k in range(-(-n // chunk)):
-        got = listparts.chunk_rows(location, parts.digest, k, chunk)
+        got = listparts.chunk_rows(location, parts.id, k, chunk)
         pd.testing.assert_frame_equal(got, items.iloc[k * chunk : (k + 1) * chunk].reset_index(drop=True))
     listparts.drop_listing(location)
     assert not (tmp_path / "dest" / ".imgtools" / "listing").exists()
@@ -207,3 +207,15 @@ def test_a_refused_run_leaves_an_empty_dest_folder_empty(tmp_path):
     with pytest.raises(imgtools.SourceError, match="does not exist"):
         imgtools.presize(str(tmp_path / "nothing"), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
     assert (tmp_path / "out.zarr").is_dir() and not any((tmp_path / "out.zarr").iterdir())
+
+
+def test_a_listing_written_again_cut_otherwise_is_read_afresh_not_from_the_cached_parts(tmp_path, monkeypatch):
+    root = _tree(tmp_path / "src")
+    location = Location.resolve(str(tmp_path / "dest"))
+    first = listparts.write_listing(str(root), location)
+    expected = list_source(str(root)).items
+    pd.testing.assert_frame_equal(listparts.chunk_rows(location, first.id, 0, 100), expected)  # parts now cached
+    monkeypatch.setattr(folders, "UNIT_FILES", 1)  # the same rows, other parts
+    again = listparts.write_listing(str(root), location)
+    assert again.digest == first.digest and again.counts != first.counts
+    pd.testing.assert_frame_equal(listparts.chunk_rows(location, again.id, 0, 100), expected)

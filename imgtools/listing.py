@@ -450,7 +450,8 @@ def summarize_source(source: str | Sequence[str], labels: LabelSource = LabelSou
             else:
                 columns = tuple(pd.read_csv(f, nrows=0).columns)
                 f.seek(0)
-                batches = pd.read_csv(f, chunksize=SUMMARY_BATCH, usecols=_wanted(columns))
+                batches = pd.read_csv(f, chunksize=SUMMARY_BATCH, usecols=_wanted(columns),
+                                      dtype=dict.fromkeys(_wanted(columns), str))
             if "path" not in columns:
                 raise SourceError(f"manifest {source!r} has no 'path' column (columns: {', '.join(columns)})")
             for batch in batches:

@@ -219,3 +219,13 @@ def test_a_listing_written_again_cut_otherwise_is_read_afresh_not_from_the_cache
     again = listparts.write_listing(str(root), location)
     assert again.digest == first.digest and again.counts != first.counts
     pd.testing.assert_frame_equal(listparts.chunk_rows(location, again.id, 0, 100), expected)
+
+
+def test_a_csv_label_column_with_gaps_gives_the_same_labels_to_the_listing_and_the_dry_run(tmp_path):
+    from imgtools.listing import summarize_source
+
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(JPEG)
+    (tmp_path / "m.csv").write_text("path,label\n0.jpg,3\n1.jpg,\n2.jpg,10\n")  # read as numbers, 3 would be 3.0
+    listing = list_source(str(tmp_path / "m.csv"))
+    assert listing.label_names == ("3", "10") == summarize_source(str(tmp_path / "m.csv")).label_names

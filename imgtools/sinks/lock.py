@@ -460,9 +460,15 @@ class RunLock:
                 # absent: create it; ours (a retried write that had landed), stale or unreadable: replace it
                 self._token = self._write(lambda seen=seen, data=data: self.file.create(data) if seen is None
                                           else self.file.replace(data, seen.token))
-                return
             except Lost:
                 continue  # another run wrote first: look again
+            # read back: where a store checks the condition and writes in two steps (moto's threaded server),
+            # two runs' writes can both succeed, and only the one the lock names holds it
+            mine = self._ours()
+            if mine is not None:
+                self._token = mine.token
+                return
+            self._token = None
         raise DestinationError(f"DEST {self.url!r} is being locked by other runs at the same moment; run again")
 
     def refresh(self) -> None:

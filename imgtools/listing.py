@@ -16,6 +16,7 @@ import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import archives, retry
@@ -24,7 +25,7 @@ from .errors import SourceError, StorageError
 from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, map_units, plan_folder, sniff_image
 from .location import Resolver
 
-__all__ = ["Listing", "list_source", "manifest_batches", "source_columns", "resolve_source", "label_order",
+__all__ = ["Listing", "list_source", "numbered", "manifest_batches", "source_columns", "resolve_source", "label_order",
            "list_folder", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
            "safe_relpath", "spans_of", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
 
@@ -383,14 +384,26 @@ def _finish(items: pd.DataFrame, masks: str | None, resolve: Resolver, source: s
     """Masks, label ids and the running index of a listing."""
     if masks is not None:
         items = _attach_masks(items, masks, resolve)
-    labels_ = [None if pd.isna(v) else str(v) for v in items["label"]]
-    items["label"] = pd.array(labels_, dtype="string")
-    names = label_order([v for v in labels_ if v is not None])
-    ids = {name: i for i, name in enumerate(names)}
-    items["label_id"] = pd.array([ids.get(v, -1) for v in labels_], "int32")
-    items["bytes"] = items["bytes"].astype("int64")
-    items.insert(0, "index", pd.RangeIndex(len(items)).astype("int64"))
-    return Listing(source=source, fs=fs, items=items.reset_index(drop=True), label_names=names)
+    names = label_order([str(v) for v in items["label"] if not pd.isna(v)])
+    return Listing(source=source, fs=fs, items=numbered(items, 0, names), label_names=names)
+
+
+def numbered(rows: pd.DataFrame, start: int, label_names: Sequence[str]) -> pd.DataFrame:
+    """Listed rows as a listing's items: the running ``index`` from ``start`` first, ``label`` as text,
+    ``bytes`` as int64, and ``label_id`` (the label's place in ``label_names``, -1 without one) last.
+
+    Examples
+    --------
+    >>> rows = numbered(pd.DataFrame({"label": ["b", None], "bytes": [1, -1]}), 5, ("a", "b"))
+    >>> rows[["index", "label_id"]].values.tolist()
+    [[5, 1], [6, -1]]
+    """
+    ids = {name: i for i, name in enumerate(label_names)}
+    labels = [None if pd.isna(v) else str(v) for v in rows["label"]]
+    rows = rows.assign(label=pd.array(labels, dtype="string"), bytes=rows["bytes"].astype("int64"))
+    rows.insert(0, "index", np.arange(start, start + len(rows), dtype=np.int64))
+    rows["label_id"] = pd.array([ids.get(v, -1) for v in labels], "int32")
+    return rows.reset_index(drop=True)
 
 
 def spans_of(items: pd.DataFrame) -> list[tuple[int, int] | None] | None:

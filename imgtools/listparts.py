@@ -31,7 +31,7 @@ import pandas as pd
 from .config import LabelSource
 from .errors import SourceError
 from .folders import list_unit, map_units, plan_folder
-from .listing import PAIRED_COLUMNS, Listing, label_order, list_source, manifest_batches, resolve_source
+from .listing import PAIRED_COLUMNS, Listing, label_order, list_source, manifest_batches, numbered, resolve_source
 from .location import Location
 
 __all__ = ["ListingParts", "write_listing", "write_rows", "listing_request", "read_listing",
@@ -216,21 +216,11 @@ def drop_listing(location: Location) -> None:
         location.fs.rm(location.path(LISTING_DIR), recursive=True)
 
 
-def _frame(rows: pd.DataFrame, start: int, label_names: tuple[str, ...]) -> pd.DataFrame:
-    """Part rows as listing rows: the running ``index``, ``label`` as text, its ``label_id``."""
-    ids = {name: i for i, name in enumerate(label_names)}
-    labels = [None if pd.isna(v) else str(v) for v in rows["label"]]
-    rows = rows.assign(label=pd.array(labels, dtype="string"), bytes=rows["bytes"].astype("int64"))
-    rows.insert(0, "index", np.arange(start, start + len(rows), dtype=np.int64))
-    rows["label_id"] = pd.array([ids.get(v, -1) for v in labels], "int32")
-    return rows.reset_index(drop=True)
-
-
 def load_listing(location: Location, parts: ListingParts) -> Listing:
     """The whole listing, held (for what needs every row at once: appends, image-file outputs)."""
     frames = [_open_part(location.fs, _part_path(location, k)).read().to_pandas()
               for k, n in enumerate(parts.counts) if n]
-    items = _frame(pd.concat(frames, ignore_index=True), 0, parts.label_names)
+    items = numbered(pd.concat(frames, ignore_index=True), 0, parts.label_names)
     return Listing(source=parts.source, fs=location.fs, items=items, label_names=parts.label_names)
 
 
@@ -257,7 +247,7 @@ def chunk_rows(location: Location, listing: str, index: int, chunk: int) -> pd.D
             continue
         part = _read_part(location.fs, _part_path(location, k), listing)
         frames.append(_slice(part, max(start, lo) - lo, min(stop, hi) - lo))
-    return _frame(pd.concat(frames, ignore_index=True), start, parts.label_names)
+    return numbered(pd.concat(frames, ignore_index=True), start, parts.label_names)
 
 
 def _slice(part: Any, first: int, last: int) -> pd.DataFrame:

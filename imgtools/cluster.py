@@ -16,13 +16,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from .errors import ConfigError
@@ -31,8 +33,10 @@ from .memory import WORKER_ENV_OVERRIDES
 if TYPE_CHECKING:
     from distributed import Client
 
+    from .folders import Mapper
+
 __all__ = ["where_to_run", "Placement", "EarlyCluster", "get_client", "current_client", "scheduler_address",
-           "dashboard_link", "dask_setup", "dask_teardown"]
+           "dashboard_link", "dask_setup", "dask_teardown", "map_on_workers"]
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 #: The dashboard port of the local clusters imgtools starts, when it is free (Dask's default).
@@ -281,6 +285,20 @@ class Placement:
     workers: int | None = None
     owned: bool = False
 
+    def mapper(self, name: str = "imgtools-map") -> Mapper | None:
+        """A :data:`~imgtools.folders.Mapper` over the workers of ``existing`` (an :class:`EarlyCluster`
+        is waited for when the map is called), for work a job does before its tasks; None where the job
+        has no cluster yet (the caller maps in this process). ``name`` begins the keys of its tasks on the dashboard.
+
+        Examples
+        --------
+        >>> print(where_to_run(workers=0).mapper())
+        None
+        """
+        if self.existing is None:
+            return None
+        return functools.partial(map_on_workers, self.existing, name=name)
+
     @contextlib.contextmanager
     def client(self, tasks: int) -> Iterator[Client | None]:
         """The client to run a job of ``tasks`` tasks on, or None to run it in this process.
@@ -326,6 +344,27 @@ class Placement:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def map_on_workers(client: Client | EarlyCluster, work: Callable[[Any], Any], items: Sequence[Any],
+                   name: str = "imgtools-map") -> list:
+    """``[work(item) for item in items]`` computed on ``client``'s workers, one task an item, in order. A
+    worker lost on the way loses nothing: the scheduler runs its tasks again elsewhere (``work`` must be
+    idempotent); an error ``work`` raises is raised here as it was, and the other tasks are cancelled.
+
+    Examples
+    --------
+    >>> map_on_workers(client, len, ["a", "bc"])      # doctest: +SKIP
+    [1, 2]
+    """
+    if isinstance(client, EarlyCluster):
+        client = client.client()
+    token = uuid.uuid4().hex[:12]
+    futures = client.map(work, list(items), key=[f"{name}-{token}-{k}" for k in range(len(items))], pure=False)
+    try:
+        return client.gather(futures)
+    finally:
+        client.cancel(futures)
 
 
 def where_to_run(client: Any = None, scheduler: str | None = None, workers: int | None = None) -> Placement:

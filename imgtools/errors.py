@@ -29,9 +29,15 @@ class ConfigError(ImgtoolsError):
 class SourceError(ImgtoolsError, FileNotFoundError):
     """The SOURCE is missing, empty, or a manifest that cannot be read."""
 
+    # made as an OSError is: ValueError.__new__ (first in the MRO) cannot make one, which is how tblib
+    # (Dask's pickling of a task's error) makes it again on the client
+    __new__ = FileNotFoundError.__new__
+
 
 class DestinationError(ImgtoolsError, FileExistsError):
     """DEST holds a different job (other config or inputs) and ``overwrite`` was not given."""
+
+    __new__ = FileExistsError.__new__
 
 
 class DecodeError(ImgtoolsError):

@@ -20,6 +20,7 @@ import bisect
 import dataclasses
 import os
 import posixpath
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -28,8 +29,8 @@ from fsspec.implementations.local import LocalFileSystem
 from . import retry
 from .config import LabelSource
 
-__all__ = ["FolderUnit", "plan_folder", "list_unit", "map_units", "IMAGE_EXTENSIONS", "sniff_image", "is_hidden",
-           "folder_label", "LISTING_SPLIT", "LISTING_DEPTH", "UNIT_FILES", "UNIT_COLUMNS"]
+__all__ = ["FolderUnit", "plan_folder", "list_unit", "map_units", "Mapper", "IMAGE_EXTENSIONS", "sniff_image",
+           "is_hidden", "folder_label", "LISTING_SPLIT", "LISTING_DEPTH", "UNIT_FILES", "UNIT_COLUMNS"]
 
 #: Extensions taken as images without looking inside (compared lower-case).
 IMAGE_EXTENSIONS = frozenset(
@@ -50,6 +51,10 @@ LISTING_SPLIT = 32
 LISTING_DEPTH = 3
 #: Files found directly at the levels looked at make units of at most this many.
 UNIT_FILES = 50_000
+#: ``map(work, items)``: ``[work(item) for item in items]`` in order, computed somewhere (this process, its
+#: threads, a cluster's workers): how a caller hands work it may spread (listing units) to a stage that
+#: knows nothing of where it runs. ``work`` must be idempotent: a lost worker's items are done again.
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list]
 #: The columns of a unit's rows.
 UNIT_COLUMNS = ["origin", "relpath", "label", "bytes"]
 

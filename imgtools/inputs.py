@@ -17,6 +17,7 @@ import pandas as pd
 from .append import Extension, reuse_base
 from .config import PresizeConfig
 from .engine import with_failed
+from .folders import Mapper
 from .listparts import ListingParts, listing_request, part_lengths, read_listing, write_listing
 from .location import Location
 from .plan import MAX_TASKS, ChunkJob, group_runs, group_tasks, plan_chunks
@@ -26,12 +27,15 @@ __all__ = ["list_inputs", "RunInputs"]
 
 def list_inputs(source: str | list[str], location: Location, config: PresizeConfig,
                 storage_options: dict[str, Any] | None, masks: str | None, relist: bool = False,
-                append: bool = False) -> ListingParts:
+                append: bool = False, mapper: Mapper | None = None) -> ListingParts:
     """SOURCE's listing as parts in DEST: the one an interrupted run of the same request left there (not
-    with ``relist``, nor for an append, which compares SOURCE as it is now), or listed now."""
+    with ``relist``, nor for an append, which compares SOURCE as it is now), or listed now (on the
+    workers ``mapper`` maps over, when given)."""
     request = listing_request(source, config.labels, masks)
     found = None if relist or append else read_listing(location, request)
-    return found if found is not None else write_listing(source, location, config.labels, storage_options, masks)
+    if found is not None:
+        return found
+    return write_listing(source, location, config.labels, storage_options, masks, mapper=mapper)
 
 
 class RunInputs:

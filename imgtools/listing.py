@@ -25,7 +25,8 @@ from .errors import SourceError, StorageError
 from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, map_units, plan_folder, sniff_image
 from .location import Resolver
 
-__all__ = ["Listing", "list_source", "numbered", "manifest_batches", "source_columns", "resolve_source", "label_order",
+__all__ = ["Listing", "list_source", "numbered", "manifest_batches", "manifest_spans", "ManifestSpan",
+           "source_columns", "resolve_source", "label_order",
            "list_folder", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
            "safe_relpath", "spans_of", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
 
@@ -173,11 +174,12 @@ _TEXT_COLUMNS = ("path", "label", "mask", *PAIRED_COLUMNS)
 
 
 def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSource.FOLDER,
-                     batch: int = 1 << 16) -> Iterator[pd.DataFrame]:
+                     batch: int = 1 << 16, span: ManifestSpan | None = None) -> Iterator[pd.DataFrame]:
     """The listing rows of a ``.csv`` / ``.parquet`` manifest, ``batch`` rows at a time (Parquet by
     record batches, CSV by chunks), in the manifest's order: origin and relpath resolved from ``path``
     (relative to the manifest's folder), ``label``, ``mask`` and the paired columns as text; at least one
-    frame, empty for an empty manifest.
+    frame, empty for an empty manifest. ``span``: only those row groups of a Parquet manifest
+    (:func:`manifest_spans`), so that parts of it are read apart.
 
     Raises
     ------
@@ -185,7 +187,8 @@ def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSo
         The manifest cannot be read, has no ``path`` column, or a path that is empty or not text (the
         error names the row).
     """
-    base, start, yielded, where = posixpath.dirname(path), 0, False, ""
+    base, yielded, where = posixpath.dirname(path), False, ""
+    start = 0 if span is None else span.first_row
     try:
         with fs.open(path, "rb") as f:
             if path.lower().endswith(".parquet"):
@@ -193,11 +196,12 @@ def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSo
 
                 parquet = pq.ParquetFile(f)
                 columns = list(parquet.schema_arrow.names)
+                groups = range(parquet.num_row_groups) if span is None else span.groups
 
                 def tables() -> Iterator[pd.DataFrame]:  # row group by row group, so that an error names one
                     nonlocal where
-                    at = 0
-                    for g in range(parquet.num_row_groups):
+                    at = start
+                    for g in groups:
                         n = parquet.metadata.row_group(g).num_rows
                         where = f" in row group {g} (rows {at} to {at + n - 1})"
                         for record_batch in parquet.iter_batches(batch, row_groups=[g]):  # never a whole group
@@ -225,6 +229,46 @@ def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSo
         raise SourceError(f"manifest {url!r} cannot be read{where}: {reason}") from None
     if not yielded:
         yield _manifest_rows(url, fs, base, pd.DataFrame({"path": []}), labels, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestSpan:
+    """Row groups ``groups`` of a Parquet manifest, whose first row is row ``first_row`` of the manifest."""
+
+    groups: range
+    first_row: int
+
+
+def manifest_spans(fs: Any, path: str, rows: int) -> list[ManifestSpan] | None:
+    """A Parquet manifest cut into runs of whole row groups of at least ``rows`` rows each (the last may
+    hold fewer), from its footer alone; None for a CSV manifest (its rows are found only by reading it) or
+    a footer that cannot be read (:func:`manifest_batches` then says why).
+
+    Examples
+    --------
+    >>> import fsspec, io
+    >>> fs = fsspec.filesystem("memory")
+    >>> buf = io.BytesIO(); pd.DataFrame({"path": ["a.jpg"] * 10}).to_parquet(buf, row_group_size=3)
+    >>> fs.pipe_file("/spans/m.parquet", buf.getvalue())
+    >>> [(s.groups, s.first_row) for s in manifest_spans(fs, "/spans/m.parquet", 5)]
+    [(range(0, 2), 0), (range(2, 4), 6)]
+    """
+    if not path.lower().endswith(".parquet"):
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+    except Exception:
+        return None
+    spans, first, at, held = [], 0, 0, 0
+    for g in range(meta.num_row_groups):
+        held += meta.row_group(g).num_rows
+        if held >= rows or g == meta.num_row_groups - 1:
+            spans.append(ManifestSpan(range(first, g + 1), at))
+            first, at, held = g + 1, at + held, 0
+    return spans
 
 
 def _manifest_rows(url: str, fs: Any, base: str, table: pd.DataFrame, labels: LabelSource, start: int) -> pd.DataFrame:

@@ -30,8 +30,18 @@ import pandas as pd
 
 from .config import LabelSource
 from .errors import SourceError
-from .folders import list_unit, map_units, plan_folder
-from .listing import PAIRED_COLUMNS, Listing, label_order, list_source, manifest_batches, numbered, resolve_source
+from .folders import FolderUnit, Mapper, list_unit, map_units, plan_folder
+from .listing import (
+    PAIRED_COLUMNS,
+    Listing,
+    ManifestSpan,
+    label_order,
+    list_source,
+    manifest_batches,
+    manifest_spans,
+    numbered,
+    resolve_source,
+)
 from .location import Location
 
 __all__ = ["ListingParts", "write_listing", "write_rows", "listing_request", "read_listing",
@@ -110,17 +120,50 @@ def _write_part(location: Location, k: int, rows: pd.DataFrame) -> tuple[int, se
     buf = io.BytesIO()
     rows.to_parquet(buf, index=False, engine="pyarrow", row_group_size=_ROW_GROUP)
     location.fs.pipe_file(_part_path(location, k), buf.getvalue())
+    return len(rows), *_summary(rows)
+
+
+def _summary(rows: pd.DataFrame) -> tuple[set[str], int, bool]:
+    """(labels, digest, streams) of some rows."""
     labels = set(rows["label"].dropna().astype(str))
     streams = bool(rows["origin"].str.match(r"^tar://.*::.*\.(tar\.gz|tgz)$").any())
-    return len(rows), labels, rows_digest(rows), streams
+    return labels, rows_digest(rows), streams
+
+
+def _write_batches(location: Location, k: int, batches: Iterator[pd.DataFrame]) -> tuple[int, set[str], int, bool]:
+    """Part ``k`` written batch after batch (a manifest's row groups, however big, in the memory of one
+    batch); its summary as :func:`_write_part`'s."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, labels, digest, streams, writer = 0, set(), 0, False, None
+    with location.fs.open(_part_path(location, k), "wb") as f:
+        try:
+            for rows in batches:
+                if not len(rows):
+                    continue
+                table = pa.Table.from_pandas(rows, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(f, table.schema)
+                writer.write_table(table.cast(writer.schema), row_group_size=_ROW_GROUP)
+                more, d, s = _summary(rows)
+                n, labels, digest, streams = n + len(rows), labels | more, _combine(digest, d, len(rows)), streams or s
+        finally:
+            if writer is not None:
+                writer.close()
+    if not n:
+        location.fs.rm_file(_part_path(location, k))
+    return n, labels, digest, streams
 
 
 def write_listing(source: str | list[str], location: Location, labels: LabelSource = LabelSource.FOLDER,
                   storage_options: dict[str, Any] | None = None, masks: str | None = None,
-                  every_file: bool = False) -> ListingParts:
+                  every_file: bool = False, mapper: Mapper | None = None) -> ListingParts:
     """List ``source`` (as :func:`~imgtools.listing.list_source` does, the same rows in the same order)
     into parts under ``location`` (DEST), replacing any listing there, and return its summary. A folder
-    or prefix without ``masks`` is written unit by unit: its rows are never all held.
+    or prefix without ``masks`` is written unit by unit, a Parquet manifest in runs of whole row groups:
+    their rows are never all held. ``mapper`` (a cluster's workers) lists the units or runs, one a task,
+    where there are several; otherwise this process does (in threads on a bucket).
 
     Raises
     ------
@@ -141,13 +184,17 @@ def write_listing(source: str | list[str], location: Location, labels: LabelSour
     drop_listing(location)
     location.fs.makedirs(location.path(LISTING_DIR), exist_ok=True)
     fs, root, is_manifest = found
-    if is_manifest:  # batch by batch, each written as soon as it is read
+    spans = manifest_spans(fs, root, PART_ROWS) if is_manifest and mapper is not None else None
+    if spans is not None and len(spans) > 1:  # runs of row groups, each read and written by a worker
+        work = functools.partial(_manifest_part, location, str(source), fs, root, LabelSource(labels))
+        summaries = mapper(work, list(enumerate(spans)))  # type: ignore[misc]
+    elif is_manifest:  # batch by batch, each written as soon as it is read
         batches = manifest_batches(str(source), fs, root, LabelSource(labels), PART_ROWS)
         summaries = [_write_part(location, k, rows) for k, rows in enumerate(batches)]
     else:  # unit by unit, each written as soon as it is listed
-        units = plan_folder(fs, root)
-        work = functools.partial(_list_part, location, fs, root, units, LabelSource(labels), every_file)
-        summaries = map_units(work, range(len(units)), fs)
+        units = list(enumerate(plan_folder(fs, root)))
+        work = functools.partial(_list_part, location, fs, root, LabelSource(labels), every_file)
+        summaries = mapper(work, units) if mapper is not None and len(units) > 1 else map_units(work, units, fs)
     if not sum(n for n, _, _, _ in summaries):
         raise SourceError(f"SOURCE {source!r} holds no image files")
     return _index(location, str(source), request, summaries)
@@ -186,9 +233,16 @@ def _index(location: Location, source: str, request: dict[str, Any], summaries: 
     return parts
 
 
-def _list_part(location: Location, fs: Any, root: str, units: list, labels: LabelSource, every_file: bool,
-               k: int) -> tuple[int, set[str], int, bool]:
-    return _write_part(location, k, list_unit(fs, root, units[k], labels, every_file))
+def _list_part(location: Location, fs: Any, root: str, labels: LabelSource, every_file: bool,
+               unit: tuple[int, FolderUnit]) -> tuple[int, set[str], int, bool]:
+    k, what = unit
+    return _write_part(location, k, list_unit(fs, root, what, labels, every_file))
+
+
+def _manifest_part(location: Location, url: str, fs: Any, path: str, labels: LabelSource,
+                   span: tuple[int, ManifestSpan]) -> tuple[int, set[str], int, bool]:
+    k, groups = span
+    return _write_batches(location, k, manifest_batches(url, fs, path, labels, PART_ROWS, groups))
 
 
 def _columns(location: Location, counts: tuple[int, ...]) -> tuple[str, ...]:

@@ -235,7 +235,8 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     ledger.open(overwrite)
     with ledger.lock.hold():  # a heartbeat from the listing on; a run whose lock was taken over cannot complete DEST
         try:
-            parts = list_inputs(source, ledger.location, config, storage_options, masks, relist, append)
+            parts = list_inputs(source, ledger.location, config, storage_options, masks, relist, append,
+                                mapper=where.mapper("imgtools-listing"))  # on the cluster's workers, if there is one
             run = RunInputs(parts, config.chunk) if sink.positional and not append and not parts.streams else None
             extension = None
             if run is None:  # every row held: appends, image-file outputs, compressed tars read through

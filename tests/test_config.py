@@ -10,7 +10,15 @@ import re
 import pytest
 
 from imgtools.config import OutputFormat, PresizeConfig, ResizeMode, Size, parse_color, parse_size
-from imgtools.errors import ConfigError, ImgtoolsError
+from imgtools.errors import (
+    ConfigError,
+    DecodeError,
+    DestinationError,
+    ImgtoolsError,
+    SourceError,
+    StorageError,
+    UnsupportedError,
+)
 
 
 @pytest.mark.parametrize("value,expected", [(64, Size(64, 64)), ("64", Size(64, 64)), ("320x240", Size(320, 240)),
@@ -71,11 +79,18 @@ def test_size_keys_follow_the_mode():
     assert Size(32, 16).key(ResizeMode.SQUASH) == "32x16"
 
 
-def test_errors_are_builtin_subclasses_and_pickle():
-    err = ConfigError("size '0' is bad")
+@pytest.mark.parametrize("tblib", [False, True])  # True: as Dask sends a task's error back to the client
+@pytest.mark.parametrize("kind", [ConfigError, SourceError, DestinationError, DecodeError, UnsupportedError,
+                                  StorageError])
+def test_errors_are_builtin_subclasses_and_pickle(kind, tblib):
+    err = kind("size '0' is bad")
+    if tblib:
+        import tblib.pickling_support
+
+        tblib.pickling_support.install(err)
     assert isinstance(err, ValueError) and isinstance(err, ImgtoolsError)
     again = pickle.loads(pickle.dumps(err))
-    assert type(again) is ConfigError and str(again) == str(err)
+    assert type(again) is kind and str(again) == str(err) and again.args == err.args
     assert OutputFormat.ZARR.is_array and not OutputFormat.PNG.is_array
 
 

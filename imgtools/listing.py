@@ -12,8 +12,9 @@ side by side; a manifest can be summarised batch by batch without holding its ro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -273,22 +274,42 @@ def manifest_spans(fs: Any, path: str, rows: int) -> list[ManifestSpan] | None:
 
 def _manifest_rows(url: str, fs: Any, base: str, table: pd.DataFrame, labels: LabelSource, start: int) -> pd.DataFrame:
     origins, relpaths = [], []
-    for i, value in enumerate(table["path"]):
+    resolve = _resolver(fs, base)
+    for i, value in enumerate(table["path"].tolist()):
         if not isinstance(value, str) or not value.strip():
             raise SourceError(f"manifest {url!r} has an empty or non-text path at row {start + i}: {value!r}")
-        origin, relpath = _resolve(fs, base, value)
+        origin, relpath = resolve(value)
         origins.append(origin)
         relpaths.append(relpath)
-    label = table["label"] if "label" in table.columns and labels is LabelSource.FOLDER else None
+    label = table["label"].tolist() if "label" in table.columns and labels is LabelSource.FOLDER else None
     out = pd.DataFrame({"origin": origins, "relpath": relpaths, "bytes": -1})  # sizes unknown: not looked up
     out["label"] = [None if pd.isna(v) else str(v) for v in label] if label is not None else None
     if "mask" in table.columns:
-        out["mask"] = [None if not isinstance(v, str) or not v.strip() else _resolve(fs, base, v)[0]
-                       for v in table["mask"]]
+        out["mask"] = [None if not isinstance(v, str) or not v.strip() else resolve(v)[0]
+                       for v in table["mask"].tolist()]
     for col in PAIRED_COLUMNS:
         if col in table.columns:
             out[col] = [None if pd.isna(v) else str(v) for v in table[col]]
     return out
+
+
+def _resolver(fs: Any, base: str) -> Callable[[str], tuple[str, str]]:
+    """:func:`_resolve` for the entries of a manifest in the folder ``base``: a plain relative path (no
+    backslash, not climbing out of ``base``) is appended to ``base``'s URL, made once, instead of having
+    the filesystem make a URL of every path (a third of the time of listing a manifest)."""
+    url = fs.unstrip_protocol(base)
+    if not url.rstrip("/").endswith(base.rstrip("/")):  # a filesystem that does not keep the path in its URL
+        return functools.partial(_resolve, fs, base)
+    prefix = url if url.endswith("/") else url + "/"
+
+    def resolve(value: str) -> tuple[str, str]:
+        if "://" not in value and "\\" not in value and not value.startswith("/"):
+            rel = posixpath.normpath(value)
+            if not rel.startswith("..") and rel != ".":
+                return prefix + rel, rel
+        return _resolve(fs, base, value)
+
+    return resolve
 
 
 def _resolve(fs, base: str, value: str) -> tuple[str, str]:

@@ -91,3 +91,16 @@ def test_read_bytes_returns_errors_in_place(tmp_path):
                       str(tmp_path / "a.bin"), "memory://imgtools-test/m.bin"])
     assert got[0] == got[3] == b"abc" and isinstance(got[1], FileNotFoundError) and isinstance(got[2], Exception)
     assert isinstance(got[4], FileNotFoundError)  # another filesystem, asked on its own
+
+
+@pytest.mark.parametrize("protocol", ["file", "memory"])
+@pytest.mark.parametrize("base", ["/data/set", "/", "/data/set/"])
+@pytest.mark.parametrize("value", ["c0/1.jpg", "./c0//1.jpg", "c0/../1.jpg", "../up.jpg", "..dots.jpg", "a\\b.jpg",
+                                   "/abs/x.jpg", "gs://bucket/x.jpg", "c0/./x/", "é/ü.jpg", "a/b/../../.."])
+def test_the_fast_manifest_resolver_equals_the_reference_resolution(protocol, base, value):
+    import fsspec
+
+    from imgtools.listing import _resolve, _resolver
+
+    fs = fsspec.filesystem(protocol)
+    assert _resolver(fs, base)(value) == _resolve(fs, base, value)

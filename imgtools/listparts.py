@@ -125,7 +125,7 @@ def _write_part(location: Location, k: int, rows: pd.DataFrame) -> tuple[int, se
 
 def _summary(rows: pd.DataFrame) -> tuple[set[str], int, bool]:
     """(labels, digest, streams) of some rows."""
-    labels = set(rows["label"].dropna().astype(str))
+    labels = set(map(str, rows["label"].dropna().unique()))
     streams = bool(rows["origin"].str.match(r"^tar://.*::.*\.(tar\.gz|tgz)$").any())
     return labels, rows_digest(rows), streams
 

@@ -12,9 +12,8 @@ side by side; a manifest can be summarised batch by batch without holding its ro
 from __future__ import annotations
 
 import dataclasses
-import functools
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,13 +24,11 @@ from .config import LabelSource
 from .errors import SourceError, StorageError
 from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, map_units, plan_folder, sniff_image
 from .location import Resolver
+from .manifests import PAIRED_COLUMNS, is_manifest_path, manifest_batches, manifest_files, safe_relpath, source_columns
 
-__all__ = ["Listing", "list_source", "numbered", "manifest_batches", "manifest_spans", "ManifestSpan",
-           "source_columns", "resolve_source", "label_order",
+__all__ = ["Listing", "list_source", "numbered", "source_columns", "resolve_source", "label_order",
            "list_folder", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
            "safe_relpath", "spans_of", "SPAN_COLUMNS", "LISTING_ONLY_COLUMNS", "PAIRED_COLUMNS"]
-
-_MANIFEST_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 _COLUMNS = ["origin", "relpath", "label", "bytes"]
 #: Listing columns that say where an archive member's bytes lie; they do not go into the manifest.
@@ -41,23 +38,6 @@ SPAN_COLUMNS = ("offset", "size")
 #: for the files a manifest names), which the size guard checks before reading.
 LISTING_ONLY_COLUMNS = (*SPAN_COLUMNS, "bytes")
 _GLOB = frozenset("*?[")
-#: Optional manifest columns of coordinates that follow the geometry of their image.
-PAIRED_COLUMNS = ("points", "boxes")
-
-
-def safe_relpath(path: str) -> str:
-    """A relative posix path that stays inside any folder it is joined to: no root, no ``.``; inner
-    ``..`` resolved, and a ``..`` that would climb out kept apart as a ``_parent_`` folder, so that
-    ``../x.jpg`` and ``x.jpg`` stay two different names.
-
-    Examples
-    --------
-    >>> safe_relpath("../../etc/x.jpg"), safe_relpath("/abs/./a//b.png"), safe_relpath("a/../b.jpg")
-    ('_parent_/_parent_/etc/x.jpg', 'abs/a/b.png', 'b.jpg')
-    """
-    norm = posixpath.normpath(path.replace("\\", "/"))  # an absolute path cannot climb above its root
-    parts = ["_parent_" if part == ".." else part for part in norm.split("/") if part not in ("", ".")]
-    return "/".join(parts) or "_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,157 +150,6 @@ def _list_manifest(url: str, fs, path: str, labels: LabelSource) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-#: Columns of a manifest read as text (a CSV's column of labels is never turned into numbers).
-_TEXT_COLUMNS = ("path", "label", "mask", *PAIRED_COLUMNS)
-
-
-def manifest_batches(url: str, fs: Any, path: str, labels: LabelSource = LabelSource.FOLDER,
-                     batch: int = 1 << 16, span: ManifestSpan | None = None) -> Iterator[pd.DataFrame]:
-    """The listing rows of a ``.csv`` / ``.parquet`` manifest, ``batch`` rows at a time (Parquet by
-    record batches, CSV by chunks), in the manifest's order: origin and relpath resolved from ``path``
-    (relative to the manifest's folder), ``label``, ``mask`` and the paired columns as text; at least one
-    frame, empty for an empty manifest. ``span``: only those row groups of a Parquet manifest
-    (:func:`manifest_spans`), so that parts of it are read apart.
-
-    Raises
-    ------
-    SourceError
-        The manifest cannot be read, has no ``path`` column, or a path that is empty or not text (the
-        error names the row).
-    """
-    base, yielded, where = posixpath.dirname(path), False, ""
-    start = 0 if span is None else span.first_row
-    try:
-        with fs.open(path, "rb") as f:
-            if path.lower().endswith(".parquet"):
-                import pyarrow.parquet as pq
-
-                parquet = pq.ParquetFile(f)
-                columns = list(parquet.schema_arrow.names)
-                groups = range(parquet.num_row_groups) if span is None else span.groups
-
-                def tables() -> Iterator[pd.DataFrame]:  # row group by row group, so that an error names one
-                    nonlocal where
-                    at = start
-                    for g in groups:
-                        n = parquet.metadata.row_group(g).num_rows
-                        where = f" in row group {g} (rows {at} to {at + n - 1})"
-                        for record_batch in parquet.iter_batches(batch, row_groups=[g]):  # never a whole group
-                            yield record_batch.to_pandas()
-                        at += n
-            else:
-                columns = list(pd.read_csv(f, nrows=0).columns)
-                f.seek(0)
-                reader = pd.read_csv(f, chunksize=batch, dtype={c: str for c in _TEXT_COLUMNS if c in columns})
-
-                def tables() -> Iterator[pd.DataFrame]:
-                    nonlocal where
-                    where = f" after row {start}"
-                    yield from reader
-            if "path" not in columns:
-                raise SourceError(f"manifest {url!r} has no 'path' column (columns: {', '.join(map(str, columns))})")
-            for table in tables():
-                yield _manifest_rows(url, fs, base, table, labels, start)
-                start += len(table)
-                yielded = True
-    except SourceError:
-        raise
-    except Exception as exc:
-        reason = " ".join(str(exc).split())  # one line
-        raise SourceError(f"manifest {url!r} cannot be read{where}: {reason}") from None
-    if not yielded:
-        yield _manifest_rows(url, fs, base, pd.DataFrame({"path": []}), labels, 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class ManifestSpan:
-    """Row groups ``groups`` of a Parquet manifest, whose first row is row ``first_row`` of the manifest."""
-
-    groups: range
-    first_row: int
-
-
-def manifest_spans(fs: Any, path: str, rows: int) -> list[ManifestSpan] | None:
-    """A Parquet manifest cut into runs of whole row groups of at least ``rows`` rows each (the last may
-    hold fewer), from its footer alone; None for a CSV manifest (its rows are found only by reading it) or
-    a footer that cannot be read (:func:`manifest_batches` then says why).
-
-    Examples
-    --------
-    >>> import fsspec, io
-    >>> fs = fsspec.filesystem("memory")
-    >>> buf = io.BytesIO(); pd.DataFrame({"path": ["a.jpg"] * 10}).to_parquet(buf, row_group_size=3)
-    >>> fs.pipe_file("/spans/m.parquet", buf.getvalue())
-    >>> [(s.groups, s.first_row) for s in manifest_spans(fs, "/spans/m.parquet", 5)]
-    [(range(0, 2), 0), (range(2, 4), 6)]
-    """
-    if not path.lower().endswith(".parquet"):
-        return None
-    import pyarrow.parquet as pq
-
-    try:
-        with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-    except Exception:
-        return None
-    spans, first, at, held = [], 0, 0, 0
-    for g in range(meta.num_row_groups):
-        held += meta.row_group(g).num_rows
-        if held >= rows or g == meta.num_row_groups - 1:
-            spans.append(ManifestSpan(range(first, g + 1), at))
-            first, at, held = g + 1, at + held, 0
-    return spans
-
-
-def _manifest_rows(url: str, fs: Any, base: str, table: pd.DataFrame, labels: LabelSource, start: int) -> pd.DataFrame:
-    origins, relpaths = [], []
-    resolve = _resolver(fs, base)
-    for i, value in enumerate(table["path"].tolist()):
-        if not isinstance(value, str) or not value.strip():
-            raise SourceError(f"manifest {url!r} has an empty or non-text path at row {start + i}: {value!r}")
-        origin, relpath = resolve(value)
-        origins.append(origin)
-        relpaths.append(relpath)
-    label = table["label"].tolist() if "label" in table.columns and labels is LabelSource.FOLDER else None
-    out = pd.DataFrame({"origin": origins, "relpath": relpaths, "bytes": -1})  # sizes unknown: not looked up
-    out["label"] = [None if pd.isna(v) else str(v) for v in label] if label is not None else None
-    if "mask" in table.columns:
-        out["mask"] = [None if not isinstance(v, str) or not v.strip() else resolve(v)[0]
-                       for v in table["mask"].tolist()]
-    for col in PAIRED_COLUMNS:
-        if col in table.columns:
-            out[col] = [None if pd.isna(v) else str(v) for v in table[col]]
-    return out
-
-
-def _resolver(fs: Any, base: str) -> Callable[[str], tuple[str, str]]:
-    """:func:`_resolve` for the entries of a manifest in the folder ``base``: a plain relative path (no
-    backslash, not climbing out of ``base``) is appended to ``base``'s URL, made once, instead of having
-    the filesystem make a URL of every path (a third of the time of listing a manifest)."""
-    url = fs.unstrip_protocol(base)
-    if not url.rstrip("/").endswith(base.rstrip("/")):  # a filesystem that does not keep the path in its URL
-        return functools.partial(_resolve, fs, base)
-    prefix = url if url.endswith("/") else url + "/"
-
-    def resolve(value: str) -> tuple[str, str]:
-        if "://" not in value and "\\" not in value and not value.startswith("/"):
-            rel = posixpath.normpath(value)
-            if not rel.startswith("..") and rel != ".":
-                return prefix + rel, rel
-        return _resolve(fs, base, value)
-
-    return resolve
-
-
-def _resolve(fs, base: str, value: str) -> tuple[str, str]:
-    """A manifest entry -> (origin URL, safe relative path)."""
-    if "://" in value:
-        return value, safe_relpath(value.split("://", 1)[1])
-    if value.startswith("/"):
-        return fs.unstrip_protocol(value), safe_relpath(value)
-    return fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, value))), safe_relpath(value)
-
-
 def _attach_masks(items: pd.DataFrame, masks: str, resolve: Resolver) -> pd.DataFrame:
     """Pair each image with the file of the same relative path (any image extension) under ``masks``."""
     try:
@@ -398,7 +227,8 @@ def list_source(
 
 
 def _locate(source: str, resolve: Resolver) -> tuple[Any, str, bool]:
-    """A folder or manifest SOURCE: (filesystem, path, whether it is a manifest file)."""
+    """A folder or manifest SOURCE: (filesystem, path, whether it is a manifest: a file, or a folder of
+    Parquet parts named ``*.parquet``)."""
     try:
         fs, root = resolve(source)
         root = posixpath.normpath(root) if root.startswith("/") else root.rstrip("/") or root
@@ -408,26 +238,9 @@ def _locate(source: str, resolve: Resolver) -> tuple[Any, str, bool]:
         raise SourceError(f"SOURCE {source!r} cannot be reached: {exc}") from None
     if not exists:
         raise SourceError(f"SOURCE {source!r} does not exist")
-    if is_file and posixpath.splitext(root)[1].lower() not in _MANIFEST_READERS:
+    if is_file and not is_manifest_path(root):
         raise SourceError(f"SOURCE {source!r} is a file, not a folder or a .csv/.parquet manifest")
-    return fs, root, is_file
-
-
-def source_columns(source: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> tuple[str, ...]:
-    """The columns of a ``.csv`` / ``.parquet`` manifest SOURCE (its header alone); () for any other source
-    or a manifest that cannot be read (listing it says why)."""
-    if not isinstance(source, str) or posixpath.splitext(source)[1].lower() not in _MANIFEST_READERS:
-        return ()
-    try:
-        fs, path = Resolver(storage_options)(source)
-        with fs.open(path, "rb") as f:
-            if path.lower().endswith(".parquet"):
-                import pyarrow.parquet as pq
-
-                return tuple(pq.read_schema(f).names)
-            return tuple(pd.read_csv(f, nrows=0).columns)
-    except Exception:
-        return ()
+    return fs, root, is_file or root.lower().endswith(".parquet")
 
 
 def resolve_source(source: str | Sequence[str], storage_options: dict[str, Any] | None = None
@@ -511,7 +324,7 @@ def summarize_source(source: str | Sequence[str], labels: LabelSource = LabelSou
     >>> summarize_source("train.parquet").inputs           # doctest: +SKIP
     10000000
     """
-    if not isinstance(source, str) or posixpath.splitext(source)[1].lower() not in _MANIFEST_READERS:
+    if not isinstance(source, str) or not is_manifest_path(source):
         return None
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -520,28 +333,29 @@ def summarize_source(source: str | Sequence[str], labels: LabelSource = LabelSou
     fs, path = Resolver(storage_options)(source)
     inputs, names, streams, columns = 0, set(), False, ()
     try:
-        with fs.open(path, "rb") as f:
-            if path.lower().endswith(".parquet"):
-                parquet = pq.ParquetFile(f)
-                columns = tuple(parquet.schema_arrow.names)
-                batches = (b.to_pandas() for b in parquet.iter_batches(SUMMARY_BATCH, columns=_wanted(columns)))
-            else:
-                columns = tuple(pd.read_csv(f, nrows=0).columns)
-                f.seek(0)
-                batches = pd.read_csv(f, chunksize=SUMMARY_BATCH, usecols=_wanted(columns),
-                                      dtype=dict.fromkeys(_wanted(columns), str))
-            if "path" not in columns:
-                raise SourceError(f"manifest {source!r} has no 'path' column (columns: {', '.join(columns)})")
-            for batch in batches:
-                paths = batch["path"]
-                bad = paths[~paths.map(lambda v: isinstance(v, str) and bool(v.strip()))]
-                if len(bad):
-                    raise SourceError(f"manifest {source!r} has an empty or non-text path: {bad.iloc[0]!r}")
-                streams = streams or bool(pc.any(pc.match_substring_regex(
-                    pa.array(paths, pa.string()), r"^tar://.*::.*\.(tar\.gz|tgz)$")).as_py())
-                if "label" in batch.columns and labels is LabelSource.FOLDER:
-                    names.update(str(v) for v in batch["label"].dropna().unique())
-                inputs += len(batch)
+        for name in manifest_files(fs, path):
+            with fs.open(name, "rb") as f:
+                if name.lower().endswith(".parquet"):
+                    parquet = pq.ParquetFile(f)
+                    columns = tuple(parquet.schema_arrow.names)
+                    batches = (b.to_pandas() for b in parquet.iter_batches(SUMMARY_BATCH, columns=_wanted(columns)))
+                else:
+                    columns = tuple(pd.read_csv(f, nrows=0).columns)
+                    f.seek(0)
+                    batches = pd.read_csv(f, chunksize=SUMMARY_BATCH, usecols=_wanted(columns),
+                                          dtype=dict.fromkeys(_wanted(columns), str))
+                if "path" not in columns:
+                    raise SourceError(f"manifest {source!r} has no 'path' column (columns: {', '.join(columns)})")
+                for batch in batches:
+                    paths = batch["path"]
+                    bad = paths[~paths.map(lambda v: isinstance(v, str) and bool(v.strip()))]
+                    if len(bad):
+                        raise SourceError(f"manifest {source!r} has an empty or non-text path: {bad.iloc[0]!r}")
+                    streams = streams or bool(pc.any(pc.match_substring_regex(
+                        pa.array(paths, pa.string()), r"^tar://.*::.*\.(tar\.gz|tgz)$")).as_py())
+                    if "label" in batch.columns and labels is LabelSource.FOLDER:
+                        names.update(str(v) for v in batch["label"].dropna().unique())
+                    inputs += len(batch)
     except SourceError:
         raise
     except Exception as exc:

@@ -31,18 +31,9 @@ import pandas as pd
 from .config import LabelSource
 from .errors import SourceError
 from .folders import FolderUnit, Mapper, list_unit, map_units, plan_folder
-from .listing import (
-    PAIRED_COLUMNS,
-    Listing,
-    ManifestSpan,
-    label_order,
-    list_source,
-    manifest_batches,
-    manifest_spans,
-    numbered,
-    resolve_source,
-)
+from .listing import Listing, label_order, list_source, numbered, resolve_source
 from .location import Location
+from .manifests import PAIRED_COLUMNS, ManifestSpan, manifest_batches, manifest_spans
 
 __all__ = ["ListingParts", "write_listing", "write_rows", "listing_request", "read_listing",
            "chunk_rows", "load_listing", "drop_listing",

@@ -229,3 +229,52 @@ def test_a_csv_label_column_with_gaps_gives_the_same_labels_to_the_listing_and_t
     (tmp_path / "m.csv").write_text("path,label\n0.jpg,3\n1.jpg,\n2.jpg,10\n")  # read as numbers, 3 would be 3.0
     listing = list_source(str(tmp_path / "m.csv"))
     assert listing.label_names == ("3", "10") == summarize_source(str(tmp_path / "m.csv")).label_names
+
+
+def _parts_manifest(root: pathlib.Path, sizes=(3, 0, 4)) -> tuple[pathlib.Path, pd.DataFrame]:
+    """A folder of Parquet parts (as Spark, Dask or pyarrow write one table) beside the images its relative
+    paths name, with the files such writers leave (``_SUCCESS``, a hidden file); and the whole table."""
+    frames = []
+    for k, n in enumerate(sizes):
+        start = sum(sizes[:k])
+        frames.append(pd.DataFrame({"path": [f"c{i % 2}/{i}.jpg" for i in range(start, start + n)],
+                                    "label": [f"c{i % 2}" for i in range(start, start + n)]}))
+        for i in range(start, start + n):
+            (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            (root / f"c{i % 2}" / f"{i}.jpg").write_bytes(JPEG)
+    folder = root / "m.parquet"
+    (folder / "sub").mkdir(parents=True)
+    for k, frame in enumerate(frames):  # part 2 one level down (a partitioned write)
+        where = folder / "sub" if k == 2 else folder
+        frame.to_parquet(where / f"part-{k:05d}.parquet", index=False, row_group_size=2)
+    (folder / "_SUCCESS").write_bytes(b"")
+    pd.DataFrame({"path": ["nope.jpg"]}).to_parquet(folder / ".hidden.parquet")
+    return folder, pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 100])
+def test_a_folder_of_parquet_parts_is_one_manifest_in_part_order(tmp_path, monkeypatch, rows):
+    folder, table = _parts_manifest(tmp_path)
+    table.to_parquet(tmp_path / "whole.parquet", index=False)
+    monkeypatch.setattr(listparts, "PART_ROWS", rows)
+    expected = list_source(str(tmp_path / "whole.parquet")).items
+    assert list_source(str(folder)).items.equals(expected)
+    location = Location.resolve(str(tmp_path / "dest"))
+    parts = listparts.write_listing(str(folder), location, mapper=lambda work, items: [work(i) for i in items])
+    pd.testing.assert_frame_equal(listparts.load_listing(location, parts).items, expected)
+    plan = imgtools.dry_run(str(folder), str(tmp_path / "out.zarr"), sizes=[8])
+    assert plan.inputs == 7 and list(plan.label_names) == ["c0", "c1"]
+    report = imgtools.presize(str(folder), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
+    assert report.ok == 7
+
+
+def test_a_bad_part_of_a_folder_manifest_is_named_with_its_rows(tmp_path):
+    folder, _ = _parts_manifest(tmp_path)
+    _garbled_row_group(folder / "part-00001.parquet")  # rows 3 to 202 of the table, in groups of 100
+    with pytest.raises(imgtools.SourceError) as err:
+        imgtools.presize(str(folder), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
+    assert "m.parquet' cannot be read in part-00001.parquet, row group 1 (rows 103 to 202)" in str(err.value)
+    empty = tmp_path / "empty.parquet"
+    empty.mkdir()
+    with pytest.raises(imgtools.SourceError, match="is a folder without .parquet parts"):
+        imgtools.presize(str(empty), str(tmp_path / "out2.zarr"), sizes=[8], workers=0, progress=False)

@@ -100,7 +100,7 @@ def test_read_bytes_returns_errors_in_place(tmp_path):
 def test_the_fast_manifest_resolver_equals_the_reference_resolution(protocol, base, value):
     import fsspec
 
-    from imgtools.listing import _resolve, _resolver
+    from imgtools.manifests import _resolve, _resolver
 
     fs = fsspec.filesystem(protocol)
     assert _resolver(fs, base)(value) == _resolve(fs, base, value)

@@ -40,6 +40,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import posixpath
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -253,9 +255,33 @@ def _recorded_lengths(sink: Sink, n: int) -> np.ndarray:
     return lengths[:n] if len(lengths) >= n else np.full(n, -1, np.int64)
 
 
-def record_lengths(sink: Sink, lengths: np.ndarray) -> None:
-    """Record the listed length of every row (what the next append compares with)."""
-    sink.ledger.put(LENGTHS_FILE, parquet_bytes(pd.DataFrame({"bytes": np.asarray(lengths, np.int64)})))
+#: Rows of a row group of the lengths file.
+_LENGTHS_GROUP = 1 << 20
+
+
+def record_lengths(sink: Sink, lengths: Iterable[np.ndarray]) -> None:
+    """Record the listed length of every row, given part after part in row order (what the next append
+    compares with), written a part at a time: a run of any length holds one part's lengths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("bytes", pa.int64())])
+    path = sink.ledger.path(LENGTHS_FILE)
+    sink.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    held: list[np.ndarray] = []
+    count = 0
+    with sink.fs.open(path, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+        for part in lengths:  # row groups of _LENGTHS_GROUP rows however the parts came: the same bytes
+            held.append(np.asarray(part, np.int64))
+            count += len(held[-1])
+            if count >= _LENGTHS_GROUP:
+                rows = np.concatenate(held)
+                cut = len(rows) - len(rows) % _LENGTHS_GROUP
+                for start in range(0, cut, _LENGTHS_GROUP):
+                    writer.write_table(pa.table({"bytes": rows[start : start + _LENGTHS_GROUP]}, schema=schema))
+                held, count = [rows[cut:]], len(rows) - cut
+        if count:
+            writer.write_table(pa.table({"bytes": np.concatenate(held)}, schema=schema))
 
 
 def reuse_base(todo: list[ChunkJob], extension: Extension, chunk: int) -> list[ChunkJob]:

@@ -9,6 +9,7 @@ knows of Dask.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -80,12 +81,14 @@ class RunInputs:
             return group_runs(todo, MAX_TASKS)
         return group_tasks(todo, self.items, self.chunk)
 
-    def lengths(self, location) -> Any:
+    def lengths(self, location) -> Iterator[np.ndarray]:
+        """The listed length of every row, part after part (read from the listing's parts when the run
+        holds no rows)."""
         if self._lengths is not None:
-            return self._lengths
+            return iter([self._lengths])
         if self.items is not None:
-            return self.items["bytes"].to_numpy()
-        return np.concatenate(list(part_lengths(location, self.parts)))
+            return iter([self.items["bytes"].to_numpy()])
+        return part_lengths(location, self.parts)
 
 
 def _with_recorded_timeouts(todo: list[ChunkJob], records: dict[int, dict[str, str]]) -> list[ChunkJob]:

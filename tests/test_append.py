@@ -415,3 +415,20 @@ def test_masks_are_appended_with_their_images(tmp_path, fmt):
         np.concatenate([np.load(p) for p in sorted((tmp_path / "out" / "16x16").glob("masks-part-*.npy"))])
     np.testing.assert_array_equal(after[:10], before)
     assert after.shape[0] == 13 and after[10:].any()
+
+
+@pytest.mark.parametrize("cut", [[40], [3, 4, 20, 13], [7, 7, 26], [1] * 40, [0, 40, 0]])
+def test_the_recorded_lengths_have_the_same_bytes_however_the_listing_was_cut(tmp_path, monkeypatch, cut):
+    import io
+
+    import imgtools.append as append
+    from imgtools.sinks import make_sink
+
+    monkeypatch.setattr(append, "_LENGTHS_GROUP", 7)
+    lengths = np.random.default_rng(0).integers(-1, 1000, 40)
+    sink = make_sink(str(tmp_path / "o.zarr"), PresizeConfig.build(sizes=[8]), None)
+    append.record_lengths(sink, iter([lengths]))
+    whole = sink.fs.cat_file(sink.ledger.path(append.LENGTHS_FILE))
+    append.record_lengths(sink, iter(np.split(lengths, np.cumsum(cut)[:-1])))
+    again = sink.fs.cat_file(sink.ledger.path(append.LENGTHS_FILE))
+    assert again == whole and pd.read_parquet(io.BytesIO(again))["bytes"].tolist() == lengths.tolist()

@@ -34,7 +34,8 @@ if workers:
     from distributed import Client, LocalCluster
     from imgtools.cluster import Placement
     client = Client(LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0"))
-    client.run(lambda: __import__("imgtools.listparts"))  # what a run's workers have loaded by then
+    import importlib
+    client.run(importlib.import_module, "imgtools.listparts")  # what a run's workers have loaded by then
     mapper = Placement(existing=client).mapper("imgtools-listing")
 t = time.perf_counter()
 parts = write_listing(sys.argv[2], Location.resolve(sys.argv[3]), mapper=mapper)

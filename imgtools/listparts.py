@@ -37,12 +37,14 @@ from .manifests import PAIRED_COLUMNS, ManifestSpan, manifest_batches, manifest_
 
 __all__ = ["ListingParts", "write_listing", "write_rows", "listing_request", "read_listing",
            "chunk_rows", "load_listing", "drop_listing",
-           "part_lengths", "rows_digest", "LISTING_DIR", "PART_ROWS"]
+           "part_lengths", "rows_digest", "LISTING_DIR", "PART_ROWS", "LISTING_TASKS"]
 
 LISTING_DIR = ".imgtools/listing"
 _INDEX = "index.json"
 #: Rows of a part cut from a listing held whole (archives, manifests, masks).
 PART_ROWS = 16384
+#: A folder listed on a cluster's workers is listed in at most this many tasks of consecutive units.
+LISTING_TASKS = 512
 #: Rows of a Parquet row group in a part: a chunk reads the row groups it overlaps.
 _ROW_GROUP = 4096
 _P = (1 << 61) - 1  # the digest is a polynomial in the rows' hashes modulo this prime
@@ -185,7 +187,12 @@ def write_listing(source: str | list[str], location: Location, labels: LabelSour
     else:  # unit by unit, each written as soon as it is listed
         units = list(enumerate(plan_folder(fs, root)))
         work = functools.partial(_list_part, location, fs, root, LabelSource(labels), every_file)
-        summaries = mapper(work, units) if mapper is not None and len(units) > 1 else map_units(work, units, fs)
+        if mapper is None or len(units) < 2:
+            summaries = map_units(work, units, fs)
+        else:  # at most LISTING_TASKS tasks of consecutive units: a scheduler keeps ~20 KB a task
+            per = -(-len(units) // LISTING_TASKS)
+            groups = [units[start : start + per] for start in range(0, len(units), per)]
+            summaries = [s for done in mapper(functools.partial(_list_parts, work, fs), groups) for s in done]
     if not sum(n for n, _, _, _ in summaries):
         raise SourceError(f"SOURCE {source!r} holds no image files")
     return _index(location, str(source), request, summaries)
@@ -228,6 +235,11 @@ def _list_part(location: Location, fs: Any, root: str, labels: LabelSource, ever
                unit: tuple[int, FolderUnit]) -> tuple[int, set[str], int, bool]:
     k, what = unit
     return _write_part(location, k, list_unit(fs, root, what, labels, every_file))
+
+
+def _list_parts(work: Any, fs: Any, units: list[tuple[int, FolderUnit]]) -> list[tuple[int, set[str], int, bool]]:
+    """One task's units (in threads on filesystems that serve requests concurrently)."""
+    return map_units(work, units, fs)
 
 
 def _manifest_part(location: Location, url: str, fs: Any, path: str, labels: LabelSource,

@@ -37,9 +37,11 @@ def _manifest(root: pathlib.Path, rows: int = 9) -> str:
     return str(root / "list.parquet")
 
 
-@pytest.mark.parametrize("kind", ["folder", "parquet manifest"])
-def test_a_source_listed_on_the_workers_equals_the_listing_of_this_process(dask_client, tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize(("kind", "tasks"), [("folder", 512), ("folder", 3), ("parquet manifest", 512)])
+def test_a_source_listed_on_the_workers_equals_the_listing_of_this_process(dask_client, tmp_path, monkeypatch, kind,
+                                                                            tasks):
     monkeypatch.setattr(listparts, "PART_ROWS", 3)  # runs of two row groups of 2: five parts of the manifest
+    monkeypatch.setattr(listparts, "LISTING_TASKS", tasks)  # a folder's units grouped into at most this many tasks
     monkeypatch.setattr(folders, "UNIT_FILES", 2)
     source = str(_tree(tmp_path / "src")) if kind == "folder" else _manifest(tmp_path / "src")
     location = Location.resolve(str(tmp_path / "dest"))
@@ -47,7 +49,7 @@ def test_a_source_listed_on_the_workers_equals_the_listing_of_this_process(dask_
         parts = listparts.write_listing(source, location, mapper=Placement(existing=dask_client).mapper("list-test"))
     expected = list_source(source).items
     listed_there = [t for t in stream.data if str(t["key"]).startswith("list-test-")]
-    assert len(listed_there) == len(parts.counts) > 2  # one task a unit or run of row groups
+    assert len(listed_there) == min(tasks, len(parts.counts)) and len(parts.counts) > 2  # a task a unit or run
     pd.testing.assert_frame_equal(listparts.load_listing(location, parts).items, expected)
     assert parts.digest == f"{listparts.rows_digest(expected):016x}"
     assert parts.label_names == tuple(sorted(set(expected["label"].dropna())))

@@ -21,7 +21,8 @@ Design:
   their metadata (zarr's ``resize``), and the consolidated metadata is made anew with the attributes.
 - While an append runs, DEST's manifest is gone (as in every run): the base's manifest is kept in
   ``.imgtools/append-base.parquet`` until the new manifest and attributes are written. The base is the
-  manifest of the attributes' ``n`` rows: that file, else ``manifest.parquet``, else the done markers.
+  manifest of the attributes' ``n`` rows: that file, else ``manifest.parquet`` (one file, or a folder of parts:
+  either is read, :func:`~imgtools.sinks.read_manifest`), else the done markers.
 - Every run records the listed length of each row in ``.imgtools/lengths.parquet``. An input DEST holds is
   *changed* when its listed length differs from the recorded one (both known: folders, buckets and archive
   headers give lengths, a CSV/Parquet manifest does not) or its label does; the listing keeps no times or
@@ -52,8 +53,9 @@ from .errors import ConfigError, DestinationError
 from .listing import PAIRED_COLUMNS, Listing
 from .plan import ChunkJob
 from .schema import OutputInfo
-from .sinks import MANIFEST, Sink, read_info
+from .sinks import Sink, read_info
 from .sinks.ledger import parquet_bytes
+from .sinks.manifest import MANIFEST, ManifestForm, manifest_form, read_manifest
 
 __all__ = ["Extension", "plan_append", "reuse_base", "record_lengths", "BASE_FILE", "LENGTHS_FILE", "APPENDABLE"]
 
@@ -222,14 +224,23 @@ def _check_config(url: str, config: PresizeConfig, recorded: dict[str, Any]) -> 
 
 def _base_rows(sink: Sink, info: OutputInfo) -> tuple[pd.DataFrame, bytes | None]:
     """DEST's ``info.n`` manifest rows, and the stored manifest when it still has to be kept in BASE_FILE."""
-    for name, keep in ((BASE_FILE, False), (MANIFEST, True)):
-        try:
-            blob = sink.fs.cat_file(sink.path(name))
-            rows = pd.read_parquet(io.BytesIO(blob))
-        except Exception:  # missing, or cut short by a kill: the next one
-            continue
+    try:
+        rows = pd.read_parquet(io.BytesIO(sink.fs.cat_file(sink.path(BASE_FILE))))
         if len(rows) == info.n:
-            return rows, (blob if keep else None)
+            return rows, None
+    except Exception:  # missing, or cut short by a kill: the manifest
+        pass
+    try:  # kept as stored (one file), or as one file of its parts' rows (a folder)
+        if manifest_form(sink.location) is ManifestForm.FILE:
+            blob = sink.fs.cat_file(sink.path(MANIFEST))
+            rows = pd.read_parquet(io.BytesIO(blob))
+        else:
+            rows = read_manifest(sink.location)
+            blob = parquet_bytes(rows)
+        if len(rows) == info.n:
+            return rows, blob
+    except Exception:  # missing, or cut short by a kill: the done markers
+        pass
     parts = []  # a run that was not an append stopped part-way: the done markers still hold every row
     for k in range(-(-info.n // sink.config.chunk)):
         try:

@@ -27,7 +27,7 @@ from .listparts import chunk_rows, drop_listing, load_listing, write_rows
 from .memory import tune_allocator
 from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks, task_count
 from .schema import ManifestTally, OutputInfo, Status
-from .sinks import make_sink
+from .sinks import ManifestRows, make_sink
 from .sources import PAIRED_COLUMNS, list_source, read_bytes, reading, source_columns, spans_of, summarize_source
 from .watchdog import Watch, run_watched
 
@@ -280,8 +280,10 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
         info = OutputInfo(version=__version__, config=config.to_dict(), n=run.n,
                           label_names=list(run.label_names), source=parts.source,
                           sizes=config.size_keys + [k for k in derived if k not in config.size_keys], derived=derived)
-        tally = sink.finalize((finished[k] if finished.get(k) is not None else sink.ledger.read_marker(k)
-                               for k in range(run.chunks)), info.to_attrs())  # the manifest, chunk after chunk
+        # the manifest from the markers (and the rows held): one file, or a long run's parts written by tasks on the
+        # workers of the cluster the run was given (a cluster started for this job alone is closed by now: here)
+        tally = sink.finalize(ManifestRows(run.n, config.chunk, finished), info.to_attrs(),
+                              where.mapper("imgtools-manifest"))
     if extension is not None:
         extension.finish(sink)
     if tally.rows != run.n:

@@ -27,7 +27,7 @@ from .errors import ConfigError, UnsupportedError
 from .order import EpochPlan
 from .pictures import save_png, thumbnail
 from .schema import ok_mask
-from .sinks import MANIFEST, detect
+from .sinks import detect, manifest_token, read_manifest
 from .sinks.zarr_sink import ZarrSink
 from .store import PREFETCH, Reader, make_reader
 
@@ -61,17 +61,15 @@ class Dataset:
         self.dest = str(dest)
         output = detect(self.dest, storage_options)
         self.location, info, self.config = output.location, output.info, output.config
-        manifest_path = self.location.path(MANIFEST)
         self.sizes: list[str] = list(info.sizes)
         self.label_names: list[str] = list(info.label_names)
-        with self.location.fs.open(manifest_path, "rb") as f:
-            self.manifest: pd.DataFrame = pd.read_parquet(f)
+        self.manifest: pd.DataFrame = read_manifest(self.location)  # one file, or a folder of parts
         self.labels: np.ndarray = self.manifest["label_id"].to_numpy(np.int32)
         self.ok: np.ndarray = ok_mask(self.manifest)
         disk = _disk_cache(cache)
         bound: BoundCache | None = None
         if disk is not None and not self.location.local:
-            token = self.location.fs.ukey(manifest_path) + json.dumps(info.to_attrs(), sort_keys=True)
+            token = manifest_token(self.location) + json.dumps(info.to_attrs(), sort_keys=True)
             bound = disk.bind(self.location.fs.unstrip_protocol(self.location.root), token)
         #: channels of every image (1: L, 3: RGB, 4: RGBA): arrays are (..., H, W, channels)
         self.channels: int = int(self.config.channels)

@@ -66,7 +66,8 @@ class ManifestTally:
     """What a manifest holds, counted as its rows go by part after part (:meth:`count`): ``ok`` and
     ``labels`` of every row (5 bytes a row), the ``failed`` rows (``index``, ``origin``, ``error``), the
     number ``skipped`` (outside the filters: neither ok nor in ``failed``), and a check that the rows come in
-    index order, each once.
+    index order, each once. A tally may begin at row ``start`` (one part of a manifest, counted where it is
+    written); :meth:`extend` appends the tally of the rows that come next.
 
     Examples
     --------
@@ -78,7 +79,10 @@ class ManifestTally:
     (3, [True, False, False], ['bad'], 1)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
+        #: the index of the first row counted
+        self.start = start
+        #: rows counted
         self.rows = 0
         #: rows outside the write-time filters (counted, not kept: a filter may skip most of a dataset)
         self.skipped = 0
@@ -96,9 +100,9 @@ class ManifestTally:
         """
         for rows in parts:
             index = rows["index"].to_numpy()
-            if not np.array_equal(index, np.arange(self.rows, self.rows + len(rows))):
-                raise RuntimeError(f"internal error: manifest rows from {index[:1].tolist()} where {self.rows} "
-                                   "comes next")
+            at = self.start + self.rows
+            if not np.array_equal(index, np.arange(at, at + len(rows))):
+                raise RuntimeError(f"internal error: manifest rows from {index[:1].tolist()} where {at} comes next")
             ok = ok_mask(rows)
             self._ok.append(ok)
             self._labels.append(rows["label_id"].to_numpy(np.int32))
@@ -110,6 +114,33 @@ class ManifestTally:
                     self._failed.append(rows.loc[failed, ["index", "origin", "error"]])
             self.rows += len(rows)
             yield rows
+
+    def extend(self, other: ManifestTally) -> None:
+        """Add the tally of the rows that come next (a part of the manifest counted elsewhere).
+
+        Raises
+        ------
+        RuntimeError
+            ``other`` does not begin where this tally stops.
+
+        Examples
+        --------
+        >>> head, tail = ManifestTally(), ManifestTally(start=1)
+        >>> _ = list(head.count([pd.DataFrame({"index": [0], "origin": ["a"], "status": ["ok"], "error": [None],
+        ...                                    "label_id": [0]})]))
+        >>> _ = list(tail.count([pd.DataFrame({"index": [1], "origin": ["b"], "status": ["failed"], "error": ["bad"],
+        ...                                    "label_id": [1]})]))
+        >>> head.extend(tail); head.rows, head.ok.tolist(), head.failed["origin"].tolist()
+        (2, [True, False], ['b'])
+        """
+        at = self.start + self.rows
+        if other.start != at:
+            raise RuntimeError(f"internal error: manifest rows from {other.start} where {at} comes next")
+        self._ok += other._ok
+        self._labels += other._labels
+        self._failed += other._failed
+        self.rows += other.rows
+        self.skipped += other.skipped
 
     @property
     def ok(self) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Sinks stage: where results go. One small class per output form (a layout) behind one interface
 (:class:`~imgtools.sinks.base.Sink`), each owning the run ledger of its DEST
 (:class:`~imgtools.sinks.ledger.RunLedger`), chosen from the :data:`SINKS` registry; :func:`detect` finds
-the form of a finished output from its attributes."""
+the form of a finished output from its attributes; :func:`read_manifest` reads its manifest, in either
+form (:mod:`imgtools.sinks.manifest`)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from ..schema import OutputInfo
 from .base import Chunk, Sink
 from .files import ImageFileSink
 from .ledger import ATTRS_FILE, JOB_FILE, LOCK_FILE, MANIFEST, MARKER_DIR, RunLedger
+from .manifest import ManifestRows, manifest_form, manifest_token, read_manifest
 from .npy import NpySink
 from .webdataset import WebDatasetSink
 from .zarr_sink import ZarrSink
 
 __all__ = ["Chunk", "Sink", "RunLedger", "ZarrSink", "NpySink", "ImageFileSink", "SINKS", "make_sink", "detect",
-           "WebDatasetSink", "Output", "read_info", "JOB_FILE", "LOCK_FILE", "MANIFEST", "MARKER_DIR", "ATTRS_FILE"]
+           "WebDatasetSink", "Output", "read_info", "ManifestRows", "read_manifest", "manifest_form",
+           "manifest_token", "JOB_FILE", "LOCK_FILE", "MANIFEST", "MARKER_DIR", "ATTRS_FILE"]
 
 #: Output forms by format.
 SINKS: dict[OutputFormat, type[Sink]] = {
@@ -84,7 +87,7 @@ def detect(dest: str | Location, storage_options: dict[str, Any] | None = None) 
     """
     location = dest if isinstance(dest, Location) else Location.resolve(str(dest), storage_options)
     info = read_info(location)
-    if info is None or not location.fs.exists(location.path(MANIFEST)):
+    if info is None or manifest_form(location) is None:
         raise SourceError(f"DEST {location.url!r} is not a complete imgtools output (no manifest and attributes)")
     config = PresizeConfig.from_dict(info.config)
     return Output(location, info, config, make_sink(location, config))

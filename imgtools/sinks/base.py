@@ -4,8 +4,9 @@ A sink is a layout that owns a :class:`~imgtools.sinks.ledger.RunLedger` (the jo
 done markers, the manifest). It is made on the client, pickled to the workers, and used in three steps:
 :meth:`Sink.prepare` (client: the ledger locks DEST and checks the job, the layout creates its empty output),
 :meth:`Sink.write` (worker: one chunk of data, then its done marker, last) and :meth:`Sink.finalize`
-(client: what the layout derives from the manifest, ``manifest.parquet``, then the attributes that mark the
-output complete). :func:`~imgtools.sinks.detect` finds the layout of a finished output from its attributes.
+(client: ``manifest.parquet``, one file or a folder of parts written by tasks the client maps, what the layout
+derives from it, then the attributes that mark the output complete). :func:`~imgtools.sinks.detect` finds the
+layout of a finished output from its attributes.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import dataclasses
 import json
 import os
 import posixpath
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,10 @@ from ..errors import UnsupportedError
 from ..location import Location
 from ..schema import ManifestTally, ok_mask
 from .ledger import ATTRS_FILE, JOB_FILE, LOCK_FILE, LOCK_TTL, MANIFEST, MARKER_DIR, RunLedger
+from .manifest import ManifestRows
+
+if TYPE_CHECKING:
+    from ..folders import Mapper
 
 __all__ = ["Chunk", "Sink", "write_files", "JOB_FILE", "MARKER_DIR", "LOCK_FILE", "MANIFEST", "ATTRS_FILE", "LOCK_TTL"]
 
@@ -141,12 +146,12 @@ class Sink(abc.ABC):
         """Raise ConfigError when this form cannot hold the listed ``items``; touches nothing."""
         self._check_items(items)
 
-    def finalize(self, parts: Iterable[pd.DataFrame], attrs: dict[str, Any]) -> ManifestTally:
-        """Write ``manifest.parquet`` from its rows given part by part, in order (chunk by chunk: memory
-        bounded whatever the length), what this form derives from it, then the attributes: the output is
-        then complete. Returns the tally of the rows (ok and label of each, the failed ones)."""
-        tally = ManifestTally()
-        self.ledger.write_manifest(tally.count(parts))
+    def finalize(self, rows: ManifestRows, attrs: dict[str, Any], mapper: Mapper | None = None) -> ManifestTally:
+        """Write ``manifest.parquet`` from the run's ``rows`` (chunk by chunk: memory bounded whatever the
+        length; a long run's as a folder of parts, written by tasks ``mapper`` maps, None: in this process,
+        see :meth:`RunLedger.write_manifest`), what this form derives from it, then the attributes: the
+        output is then complete. Returns the tally of the rows (ok and label of each, the failed ones)."""
+        tally = self.ledger.write_manifest(rows, mapper)
         self._finalize(tally.ok, tally.labels)
         self.write_attrs(attrs)
         return tally

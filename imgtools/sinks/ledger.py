@@ -14,7 +14,10 @@
   rows instead of decoding them again (see :mod:`imgtools.watchdog`). Kept when the run completes.
 - ``.imgtools/lengths.parquet`` (every run) and ``.imgtools/append-base.parquet`` (while an append runs):
   written by :mod:`imgtools.append`, which extends a finished output (:meth:`RunLedger.prepare` ``keep``).
-- ``manifest.parquet`` then the attributes, last: an output is complete when both exist.
+- ``manifest.parquet`` then the attributes, last: an output is complete when both exist. One Parquet file
+  up to :data:`MANIFEST_PART_ROWS` rows (written by the client), else a folder of parts of whole chunks
+  written by tasks, then its ``_SUCCESS`` (:mod:`imgtools.sinks.manifest`). A run removes the manifest it
+  finds (either form) before it writes anything: one stopped while writing it leaves none.
 
 A ledger knows nothing of the layout's files; a layout (:class:`~imgtools.sinks.base.Sink`) owns one and
 hands it the two things only it knows: how to create its empty output and where its attributes live.
@@ -27,27 +30,31 @@ import io
 import json
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ..config import RUN_SETTINGS, PresizeConfig
 from ..errors import DestinationError
 from ..location import Location
+from ..schema import ManifestTally
 from .lock import LOCK_FILE, LOCK_TTL, RunLock
+from .manifest import DONE_FILE, MANIFEST, ManifestRows, PartWriter, map_here, remove_manifest, write_rows
+
+if TYPE_CHECKING:
+    from ..folders import Mapper
 
 __all__ = ["RunLedger", "JOB_FILE", "LOCK_FILE", "MARKER_DIR", "TIMEOUT_DIR", "MANIFEST", "ATTRS_FILE",
-           "LOCK_TTL", "parquet_bytes"]
+           "LOCK_TTL", "MANIFEST_PART_ROWS", "parquet_bytes"]
 
 JOB_FILE = ".imgtools/job.json"
 MARKER_DIR = ".imgtools/chunks"
 TIMEOUT_DIR = ".imgtools/timeouts"
-MANIFEST = "manifest.parquet"
-#: Rows of a row group of the manifest, about: the Parquet writer keeps ~20 KB for each row group it wrote
-#: (a row group per chunk of 256 made 23 MB at 300,000 rows, 8.6 GB at 100M), a buffer of this many rows
-#: costs a few MB whatever the length.
-MANIFEST_ROW_GROUP = 8192
+#: The manifest of a run of at most this many rows is one file, written by the client (a million rows in a
+#: second or two, and every tool opens one file); above it, a folder of parts of about this many rows (whole
+#: chunks), written by tasks. Read on the client only: the tasks are told their chunks.
+MANIFEST_PART_ROWS = 1 << 20
 ATTRS_FILE = "imgtools.json"
 
 
@@ -168,8 +175,8 @@ class RunLedger:
             fs.makedirs(self.path(MARKER_DIR), exist_ok=True)
             if previous is None:
                 self.put(JOB_FILE, json.dumps(job, sort_keys=True, indent=1).encode())
-            elif fs.exists(self.path(MANIFEST)):  # no longer complete while this run works
-                fs.rm_file(self.path(MANIFEST))
+            else:  # no longer complete while this run works (a file, or a folder of parts)
+                remove_manifest(self.location)
             create()
         except BaseException:
             self.release_lock()
@@ -317,39 +324,42 @@ class RunLedger:
         blob = self.location.fs.cat_file(self.path(MARKER_DIR, f"{index:07d}.parquet"))
         return pd.read_parquet(io.BytesIO(blob))
 
-    def write_manifest(self, parts: Iterable[pd.DataFrame]) -> None:
-        """``manifest.parquet`` from manifest rows given part by part, in order (for instance one chunk's
-        at a time: a manifest of any length is written in the memory of one row group), in row groups of
-        whole parts of about :data:`MANIFEST_ROW_GROUP` rows (held as Arrow tables until written).
-        Write the attributes after it: then the output is complete.
+    def write_manifest(self, rows: ManifestRows, mapper: Mapper | None = None) -> ManifestTally:
+        """``manifest.parquet`` from the run's ``rows`` (chunk by chunk: a manifest of any length is written
+        in the memory of one row group), and the tally of its rows: one file written here for runs of at
+        most :data:`MANIFEST_PART_ROWS` rows, else a folder of parts of whole chunks, one task a part mapped
+        with ``mapper`` (None: in this process), then its ``_SUCCESS``. Write the attributes after it: then
+        the output is complete.
 
         Raises
         ------
         DestinationError
             This run took the lock and another run has taken it over since: it must not complete DEST.
         """
+        self._verify_lock()
+        remove_manifest(self.location)  # one of the other form (prepare removed it unless DEST had no job record)
+        if rows.n <= MANIFEST_PART_ROWS:
+            tally = ManifestTally()
+            with self.location.fs.open(self.path(MANIFEST), "wb") as f:
+                write_rows(f, tally.count(rows.read(range(rows.chunks), self.read_marker)))
+            return tally
+        import pyarrow as pa
+
+        first = next(rows.read([0], self.read_marker))  # every part gets its schema, as the single file does
+        writer = PartWriter(self.location, pa.Table.from_pandas(first, preserve_index=False).schema, self.read_marker)
+        parts = rows.parts(max(1, MANIFEST_PART_ROWS // rows.chunk))
+        self.location.fs.makedirs(self.path(MANIFEST), exist_ok=True)
+        tally = ManifestTally()
+        for part in (mapper or map_here)(writer, parts):
+            tally.extend(part)
+        self._verify_lock()  # the parts took a while: still this run's DEST
+        done = {"parts": len(parts), "rows": tally.rows, "run": self.run_id}
+        self.location.fs.pipe_file(self.path(MANIFEST, DONE_FILE), json.dumps(done).encode())
+        return tally
+
+    def _verify_lock(self) -> None:
         if self.lock.held or self.lock.lost:
             self.lock.verify()
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        writer, pending, held = None, [], 0
-        with self.location.fs.open(self.path(MANIFEST), "wb") as f:
-            try:
-                for rows in parts:
-                    table = pa.Table.from_pandas(rows, preserve_index=False)
-                    if writer is None:
-                        writer = pq.ParquetWriter(f, table.schema)
-                    pending.append(table.cast(writer.schema))
-                    held += len(table)
-                    if held >= MANIFEST_ROW_GROUP:  # row groups of whole parts, about this size
-                        writer.write_table(pa.concat_tables(pending), row_group_size=held)
-                        pending, held = [], 0
-                if pending:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=held)
-            finally:
-                if writer is not None:
-                    writer.close()
 
     # ---- the run lock ------------------------------------------------------------------------------
     def take_lock(self) -> None:

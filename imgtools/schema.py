@@ -79,9 +79,12 @@ class ManifestTally:
     (3, [True, False, False], ['bad'], 1)
     """
 
-    def __init__(self, start: int = 0) -> None:
+    def __init__(self, start: int = 0, per_row: bool = True) -> None:
         #: the index of the first row counted
         self.start = start
+        #: whether ``ok`` and ``labels`` are kept (5 bytes a row; an output that writes them with its chunks
+        #: does not need them at the end, and a client of 100M rows is then 500 MB smaller)
+        self.per_row = per_row
         #: rows counted
         self.rows = 0
         #: rows outside the write-time filters (counted, not kept: a filter may skip most of a dataset)
@@ -104,8 +107,9 @@ class ManifestTally:
             if not np.array_equal(index, np.arange(at, at + len(rows))):
                 raise RuntimeError(f"internal error: manifest rows from {index[:1].tolist()} where {at} comes next")
             ok = ok_mask(rows)
-            self._ok.append(ok)
-            self._labels.append(rows["label_id"].to_numpy(np.int32))
+            if self.per_row:
+                self._ok.append(ok)
+                self._labels.append(rows["label_id"].to_numpy(np.int32))
             if not ok.all():
                 skipped = (rows["status"] == Status.SKIPPED.value).to_numpy()
                 self.skipped += int(skipped.sum())
@@ -136,6 +140,8 @@ class ManifestTally:
         at = self.start + self.rows
         if other.start != at:
             raise RuntimeError(f"internal error: manifest rows from {other.start} where {at} comes next")
+        if self.per_row and not other.per_row:
+            raise RuntimeError("internal error: a tally per row extended by one without its rows")
         self._ok += other._ok
         self._labels += other._labels
         self._failed += other._failed
@@ -144,11 +150,17 @@ class ManifestTally:
 
     @property
     def ok(self) -> np.ndarray:
+        self._check_per_row()
         return np.concatenate(self._ok) if self._ok else np.zeros(0, bool)
 
     @property
     def labels(self) -> np.ndarray:
+        self._check_per_row()
         return np.concatenate(self._labels) if self._labels else np.zeros(0, np.int32)
+
+    def _check_per_row(self) -> None:
+        if not self.per_row:
+            raise RuntimeError("internal error: this tally keeps no row's ok and label (per_row=False)")
 
     @property
     def failed(self) -> pd.DataFrame:

@@ -276,3 +276,20 @@ def test_folder_manifest_in_a_bucket_opens_and_a_rerun_replaces_it(src, tmp_path
     assert manifest_form(location) is ManifestForm.FILE and manifest_token(location) != token
     assert location.fs.find(location.path("manifest.parquet")) == [location.path("manifest.parquet")]
     pd.testing.assert_frame_equal(imgtools.open(dest, storage_options=options).manifest.drop(columns="origin"), whole)
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_a_tally_without_rows_counts_the_same_and_keeps_no_row(per_row):
+    from imgtools.schema import ManifestTally
+
+    rows = pd.DataFrame({"index": [0, 1, 2], "origin": ["a", "b", "c"], "status": ["ok", "failed", "skipped"],
+                         "error": [None, "bad", "small"], "label_id": [0, 1, 1]})
+    tally = ManifestTally(per_row=per_row)
+    _ = list(tally.count([rows.iloc[:2], rows.iloc[2:]]))
+    assert (tally.rows, tally.skipped, tally.failed["origin"].tolist()) == (3, 1, ["b"])
+    if per_row:
+        assert tally.ok.tolist() == [True, False, False] and tally.labels.tolist() == [0, 1, 1]
+    else:
+        assert tally._ok == [] and tally._labels == []
+        with pytest.raises(RuntimeError, match="keeps no row"):
+            _ = tally.ok

@@ -85,6 +85,9 @@ class Sink(abc.ABC):
     #: marker is trusted by chunk number. False for mirrored files: markers are trusted by ``relpath``,
     #: so adding images to SOURCE and re-running only does the new ones (the presized-file cache).
     positional: ClassVar[bool] = True
+    #: True when :meth:`_finalize` writes every row's ``ok`` and ``labels`` at the end (npy): the manifest's
+    #: tally then keeps them (5 bytes a row on the client); other forms write them with their chunks, or not.
+    needs_rows: ClassVar[bool] = False
     #: Rows below this one hold data an earlier run wrote (the base of an append, see :mod:`imgtools.append`):
     #: writing a chunk leaves their data as it is (an append rewrites the base's last, partial chunk).
     kept: int = 0
@@ -151,8 +154,11 @@ class Sink(abc.ABC):
         length; a long run's as a folder of parts, written by tasks ``mapper`` maps, None: in this process,
         see :meth:`RunLedger.write_manifest`), what this form derives from it, then the attributes: the
         output is then complete. Returns the tally of the rows (ok and label of each, the failed ones)."""
-        tally = self.ledger.write_manifest(rows, mapper)
-        self._finalize(tally.ok, tally.labels)
+        tally = self.ledger.write_manifest(rows, mapper, per_row=self.needs_rows)
+        if self.needs_rows:
+            self._finalize(tally.ok, tally.labels)
+        else:
+            self._finalize(None, None)
         self.write_attrs(attrs)
         return tally
 
@@ -213,6 +219,6 @@ class Sink(abc.ABC):
     def _write(self, chunk: Chunk) -> None:
         """Write the data of one chunk (idempotent: writing it twice gives the same bytes)."""
 
-    def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Write what this form keeps beside the manifest (``ok`` and ``labels`` of every row, in order),
-        once every chunk is written."""
+    def _finalize(self, ok: np.ndarray | None, labels: np.ndarray | None) -> None:  # noqa: B027 - optional hook
+        """Write what this form keeps beside the manifest, once every chunk is written: ``ok`` and ``labels``
+        of every row, in order, when :attr:`needs_rows` (None otherwise). A no-op by default."""

@@ -324,12 +324,12 @@ class RunLedger:
         blob = self.location.fs.cat_file(self.path(MARKER_DIR, f"{index:07d}.parquet"))
         return pd.read_parquet(io.BytesIO(blob))
 
-    def write_manifest(self, rows: ManifestRows, mapper: Mapper | None = None) -> ManifestTally:
+    def write_manifest(self, rows: ManifestRows, mapper: Mapper | None = None, per_row: bool = True) -> ManifestTally:
         """``manifest.parquet`` from the run's ``rows`` (chunk by chunk: a manifest of any length is written
         in the memory of one row group), and the tally of its rows: one file written here for runs of at
         most :data:`MANIFEST_PART_ROWS` rows, else a folder of parts of whole chunks, one task a part mapped
         with ``mapper`` (None: in this process), then its ``_SUCCESS``. Write the attributes after it: then
-        the output is complete.
+        the output is complete. ``per_row``: the tally keeps each row's ok and label.
 
         Raises
         ------
@@ -339,17 +339,18 @@ class RunLedger:
         self._verify_lock()
         remove_manifest(self.location)  # one of the other form (prepare removed it unless DEST had no job record)
         if rows.n <= MANIFEST_PART_ROWS:
-            tally = ManifestTally()
+            tally = ManifestTally(per_row=per_row)
             with self.location.fs.open(self.path(MANIFEST), "wb") as f:
                 write_rows(f, tally.count(rows.read(range(rows.chunks), self.read_marker)))
             return tally
         import pyarrow as pa
 
         first = next(rows.read([0], self.read_marker))  # every part gets its schema, as the single file does
-        writer = PartWriter(self.location, pa.Table.from_pandas(first, preserve_index=False).schema, self.read_marker)
+        writer = PartWriter(self.location, pa.Table.from_pandas(first, preserve_index=False).schema, self.read_marker,
+                            per_row=per_row)
         parts = rows.parts(max(1, MANIFEST_PART_ROWS // rows.chunk))
         self.location.fs.makedirs(self.path(MANIFEST), exist_ok=True)
-        tally = ManifestTally()
+        tally = ManifestTally(per_row=per_row)
         for part in (mapper or map_here)(writer, parts):
             tally.extend(part)
         self._verify_lock()  # the parts took a while: still this run's DEST

@@ -122,9 +122,10 @@ class PartWriter:
     schema: object  # pyarrow.Schema (imported where it is used)
     read_marker: Callable[[int], pd.DataFrame]
     row_group: int = MANIFEST_ROW_GROUP
+    per_row: bool = True  # the tally keeps each row's ok and label
 
     def __call__(self, part: Part) -> ManifestTally:
-        tally = ManifestTally(part.start)
+        tally = ManifestTally(part.start, self.per_row)
         folder = self.location.path(MANIFEST)
         self.location.fs.makedirs(folder, exist_ok=True)
         rows = (part.held[k] if k in part.held else self.read_marker(k) for k in part.chunks)

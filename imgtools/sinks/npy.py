@@ -25,6 +25,7 @@ class NpySink(Sink):
     """One ``.npy`` file per chunk and size: ``np.load(path, mmap_mode="r")`` reads it without copying."""
 
     format = OutputFormat.NPY
+    needs_rows = True  # ok.npy and labels.npy are written at the end
 
     @staticmethod
     def part(key: str, index: int, masks: bool = False) -> str:
@@ -59,7 +60,8 @@ class NpySink(Sink):
         arr[:keep] = self.read_part(key, index, masks)[:keep]
         self.put_whole(self.part(key, index, masks), npy_bytes(arr))
 
-    def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:
+    def _finalize(self, ok: np.ndarray | None, labels: np.ndarray | None) -> None:
+        assert ok is not None and labels is not None  # needs_rows
         for key in self.config.size_keys if self.kept else ():  # a replacement a kill cut short (put_whole)
             for leftover in self.fs.glob(self.path(key, "*.partial")):
                 self.fs.rm_file(leftover)

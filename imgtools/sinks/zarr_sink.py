@@ -122,7 +122,7 @@ class ZarrSink(Sink):
         _writable(group, "ok")[start : stop] = chunk.ok[skip:]
         _writable(group, "labels")[start : stop] = chunk.labels[skip:]
 
-    def _finalize(self, ok: np.ndarray, labels: np.ndarray) -> None:  # ok and labels went with their chunks
+    def _finalize(self, ok: np.ndarray | None, labels: np.ndarray | None) -> None:  # ok, labels went with the chunks
         # zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it; a run killed in
         # between leaves that temporary file, which the chunk's redo does not reuse
         for leftover, info in self.fs.glob(self.path("**", "*.partial"), detail=True).items():

@@ -293,3 +293,25 @@ def test_a_tally_without_rows_counts_the_same_and_keeps_no_row(per_row):
         assert tally._ok == [] and tally._labels == []
         with pytest.raises(RuntimeError, match="keeps no row"):
             _ = tally.ok
+
+
+def test_a_rerun_stopped_while_writing_the_single_file_leaves_no_complete_output_behind(src, tmp_path, monkeypatch):
+    """A local single-file manifest is written under a temporary name and renamed: cut short, nothing
+    named manifest.parquet is left beside the finished output's attributes, and the next run completes it."""
+    dest, _ = single(src, tmp_path)
+    before = (dest / "manifest.parquet").read_bytes()
+
+    def cut_short(f, parts, *args, **kwargs):
+        f.write(b"PAR1 half a manifest")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ledger, "write_rows", cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            presize(src, dest)
+    assert not (dest / "manifest.parquet").exists()
+    with pytest.raises(SourceError, match="not a complete imgtools output"):
+        imgtools.open(str(dest))
+    presize(src, dest)
+    assert (dest / "manifest.parquet").read_bytes() == before
+    assert not list(dest.glob("manifest.parquet.*"))  # the cut-short file was cleared

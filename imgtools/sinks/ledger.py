@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import posixpath
 import uuid
 from collections.abc import Callable
@@ -340,8 +341,17 @@ class RunLedger:
         remove_manifest(self.location)  # one of the other form (prepare removed it unless DEST had no job record)
         if rows.n <= MANIFEST_PART_ROWS:
             tally = ManifestTally(per_row=per_row)
-            with self.location.fs.open(self.path(MANIFEST), "wb") as f:
+            path = self.path(MANIFEST)
+            # a local file is written under another name and renamed: killed mid-write, a rerun of a finished job
+            # would otherwise leave part of a manifest beside the attributes of the finished output (a bucket's
+            # object appears whole when it is closed)
+            target = f"{path}.{self.run_id}.partial" if self.location.local else path
+            for leftover in self.location.fs.glob(f"{path}.*.partial") if self.location.local else ():
+                self.location.fs.rm_file(leftover)  # an earlier run's, killed mid-write
+            with self.location.fs.open(target, "wb") as f:
                 write_rows(f, tally.count(rows.read(range(rows.chunks), self.read_marker)))
+            if target != path:
+                os.replace(target, path)
             return tally
         import pyarrow as pa
 

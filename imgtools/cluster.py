@@ -285,17 +285,19 @@ class Placement:
     workers: int | None = None
     owned: bool = False
 
-    def mapper(self, name: str = "imgtools-map") -> Mapper | None:
+    def mapper(self, name: str = "imgtools-map", this_disk: bool = False) -> Mapper | None:
         """A :data:`~imgtools.folders.Mapper` over the workers of ``existing`` (an :class:`EarlyCluster`
         is waited for when the map is called), for work a job does before its tasks; None where the job
-        has no cluster yet (the caller maps in this process). ``name`` begins the keys of its tasks on the dashboard.
+        has no cluster yet, or where the work reads this machine's disk (``this_disk``) and the cluster's
+        scheduler is on another host (the caller maps in this process). ``name`` begins the keys of its
+        tasks on the dashboard.
 
         Examples
         --------
         >>> print(where_to_run(workers=0).mapper())
         None
         """
-        if self.existing is None:
+        if self.existing is None or (this_disk and not _on_this_host(self.existing)):
             return None
         return functools.partial(map_on_workers, self.existing, name=name)
 
@@ -344,6 +346,18 @@ class Placement:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _on_this_host(client: Client | EarlyCluster) -> bool:
+    """Whether the scheduler of ``client`` runs on this machine (its workers then see this disk, as those
+    of the local clusters imgtools starts do)."""
+    if isinstance(client, EarlyCluster):
+        return True
+    try:
+        host = urllib.parse.urlparse(client.scheduler.address).hostname
+    except Exception:
+        return False
+    return host in _LOCAL_HOSTS | {socket.gethostname()}
 
 
 def map_on_workers(client: Client | EarlyCluster, work: Callable[[Any], Any], items: Sequence[Any],

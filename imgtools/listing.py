@@ -24,7 +24,15 @@ from .config import LabelSource
 from .errors import SourceError, StorageError
 from .folders import IMAGE_EXTENSIONS, folder_label, is_hidden, list_unit, map_units, plan_folder, sniff_image
 from .location import Resolver
-from .manifests import PAIRED_COLUMNS, is_manifest_path, manifest_batches, manifest_files, safe_relpath, source_columns
+from .manifests import (
+    PAIRED_COLUMNS,
+    is_manifest_path,
+    is_table_folder,
+    manifest_batches,
+    manifest_files,
+    safe_relpath,
+    source_columns,
+)
 
 __all__ = ["Listing", "list_source", "numbered", "source_columns", "resolve_source", "label_order",
            "list_folder", "ListingSummary", "summarize_source", "IMAGE_EXTENSIONS", "sniff_image",
@@ -240,7 +248,7 @@ def _locate(source: str, resolve: Resolver) -> tuple[Any, str, bool]:
         raise SourceError(f"SOURCE {source!r} does not exist")
     if is_file and not is_manifest_path(root):
         raise SourceError(f"SOURCE {source!r} is a file, not a folder or a .csv/.parquet manifest")
-    return fs, root, is_file or root.lower().endswith(".parquet")
+    return fs, root, is_file or (root.lower().endswith(".parquet") and is_table_folder(fs, root))
 
 
 def resolve_source(source: str | Sequence[str], storage_options: dict[str, Any] | None = None
@@ -331,6 +339,8 @@ def summarize_source(source: str | Sequence[str], labels: LabelSource = LabelSou
     import pyarrow.parquet as pq
 
     fs, path = Resolver(storage_options)(source)
+    if fs.isdir(path) and not is_table_folder(fs, path):  # a folder of images named *.parquet or *.csv
+        return None
     inputs, names, streams, columns = 0, set(), False, ()
     try:
         for name in manifest_files(fs, path):

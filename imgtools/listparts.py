@@ -1,8 +1,10 @@
 """The listing of a run as parts in DEST, so that nothing holds every input's row at once.
 
 A folder or prefix is listed unit by unit (:mod:`imgtools.folders`, side by side where the filesystem
-serves requests concurrently), each unit's rows written as one part as soon as they are listed; archives
-and manifests are listed as before and written in parts of :data:`PART_ROWS`. What stays in memory is a
+serves requests concurrently), each unit's rows written as one part as soon as they are listed; a Parquet
+manifest in runs of whole row groups (:class:`~imgtools.manifests.ManifestSpan`), a part each, when a cluster
+lists it, else a record batch at a time; archives, CSV manifests and ``--masks`` listings are listed whole and
+written in parts of :data:`PART_ROWS`. What stays in memory is a
 :class:`ListingParts`: the rows of each part, the label names, and a digest of the inputs in order that does
 not depend on how they were cut into parts (:func:`rows_digest`; the job record compares it).
 
@@ -136,8 +138,10 @@ def _write_batches(location: Location, k: int, batches: Iterator[pd.DataFrame]) 
                 if not len(rows):
                     continue
                 table = pa.Table.from_pandas(rows, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(f, table.schema)
+                if writer is None:  # a column without a value in the first batch (labels, masks) is text too
+                    writer = pq.ParquetWriter(f, pa.schema([field.with_type(pa.large_string())
+                                                            if pa.types.is_null(field.type) else field
+                                                            for field in table.schema]))
                 writer.write_table(table.cast(writer.schema), row_group_size=_ROW_GROUP)
                 more, d, s = _summary(rows)
                 n, labels, digest, streams = n + len(rows), labels | more, _combine(digest, d, len(rows)), streams or s

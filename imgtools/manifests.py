@@ -25,7 +25,7 @@ from .errors import SourceError
 from .location import Resolver
 
 __all__ = ["manifest_batches", "manifest_spans", "ManifestSpan", "manifest_files", "is_manifest_path",
-           "source_columns", "safe_relpath", "PAIRED_COLUMNS", "MANIFEST_SUFFIXES"]
+           "is_table_folder", "source_columns", "safe_relpath", "PAIRED_COLUMNS", "MANIFEST_SUFFIXES"]
 
 #: What a manifest's name ends with (compared lower-case).
 MANIFEST_SUFFIXES = (".csv", ".parquet")
@@ -64,6 +64,17 @@ def is_manifest_path(path: str) -> bool:
     return path.rstrip("/").lower().endswith(MANIFEST_SUFFIXES)
 
 
+def is_table_folder(fs: Any, path: str) -> bool:
+    """Whether the folder ``path`` (named ``*.parquet``) holds a table, as Parquet writers leave one: a
+    ``.parquet`` file, a ``_``-file (``_SUCCESS``, ``_metadata``) or a ``key=value`` folder at its top level
+    (one listing); otherwise it is a folder of images that happens to be named so."""
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+    except Exception:
+        return False
+    return any(n.lower().endswith(".parquet") or n.startswith("_") or "=" in n for n in names)
+
+
 def manifest_files(fs: Any, path: str) -> list[str]:
     """The files of the manifest at ``path``: itself, or a folder's Parquet parts in name order (found at
     any depth; hidden names and names starting with ``_`` left out).
@@ -76,7 +87,7 @@ def manifest_files(fs: Any, path: str) -> list[str]:
     if not fs.isdir(path):
         return [path]
     inside = path.rstrip("/") + "/"
-    found = sorted(p for p in fs.find(path) if p.lower().endswith(".parquet")
+    found = sorted(p for p in fs.find(path) if p.lower().endswith(".parquet") and p.rstrip("/") != path.rstrip("/")
                    and not any(part.startswith((".", "_")) for part in p[len(inside):].split("/")))
     if not found:
         raise SourceError(f"manifest {fs.unstrip_protocol(path)!r} is a folder without .parquet parts")
@@ -192,8 +203,12 @@ def _file_batches(url: str, fs: Any, path: str, base: str, labels: LabelSource, 
 
                 def tables() -> Iterator[pd.DataFrame]:
                     nonlocal where
-                    where = f" after row {start}"
-                    yield from reader
+                    at = start
+                    where = f" after row {at}"
+                    for chunk in reader:  # an error comes while the next chunk is read
+                        yield chunk
+                        at += len(chunk)
+                        where = f" after row {at}"
             if "path" not in columns:
                 raise SourceError(f"manifest {url!r}{part} has no 'path' column "
                                   f"(columns: {', '.join(map(str, columns))})")

@@ -24,6 +24,7 @@ from .engine import give_up, process_one, run_chunk, with_failed
 from .errors import ConfigError
 from .inputs import RunInputs, list_inputs
 from .listparts import chunk_rows, drop_listing, load_listing, write_rows
+from .location import Location
 from .memory import tune_allocator
 from .plan import ChunkJob, RunPlan, estimate_bytes, group_tasks, plan_chunks, task_count
 from .schema import ManifestTally, OutputInfo, Status
@@ -235,8 +236,9 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     ledger.open(overwrite)
     with ledger.lock.hold():  # a heartbeat from the listing on; a run whose lock was taken over cannot complete DEST
         try:
-            parts = list_inputs(source, ledger.location, config, storage_options, masks, relist, append,
-                                mapper=where.mapper("imgtools-listing"))  # on the cluster's workers, if there is one
+            # on the cluster's workers, if there is one (and it sees SOURCE where it is on this machine's disk)
+            mapper = where.mapper("imgtools-listing", this_disk=_on_this_disk(source, storage_options))
+            parts = list_inputs(source, ledger.location, config, storage_options, masks, relist, append, mapper=mapper)
             run = RunInputs(parts, config.chunk) if sink.positional and not append and not parts.streams else None
             extension = None
             if run is None:  # every row held: appends, image-file outputs, compressed tars read through
@@ -291,6 +293,14 @@ def _presize(source, dest, config, where: Placement, storage_options, masks, ove
     processed = sum(run.rows_of(job.index) - (0 if job.reuse is None else len(job.reuse)) for job in todo)
     return _report(sink, config, tally, started, chunks_done=len(todo), chunks_resumed=len(finished),
                    processed=processed, **_appended(extension))
+
+
+def _on_this_disk(source: str | list[str], storage_options: dict[str, Any] | None) -> bool:
+    """Whether SOURCE is a path on this machine's disk (its listing needs workers that see it)."""
+    try:
+        return isinstance(source, str) and Location.resolve(source, storage_options).local
+    except Exception:  # listing it says what is wrong
+        return False
 
 
 def _report(sink, config: PresizeConfig, tally: ManifestTally, started: float, **fields: Any) -> PresizeReport:

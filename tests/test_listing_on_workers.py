@@ -100,3 +100,12 @@ def test_a_worker_killed_while_it_lists_source_loses_nothing(tmp_path, dask_proc
     assert flag.exists() and sum(w.poll() is not None for w in workers) == 1  # one worker died listing
     assert report.ok == 48 and report.failed == 0
     assert tree_bytes(dest) == tree_bytes(local)
+
+
+def test_a_source_on_this_disk_is_listed_here_when_the_scheduler_is_on_another_host(dask_client):
+    from types import SimpleNamespace
+
+    remote = SimpleNamespace(scheduler=SimpleNamespace(address="tcp://10.255.0.7:8786"))
+    assert Placement(existing=remote).mapper(this_disk=True) is None  # its workers may not see this disk
+    assert Placement(existing=remote).mapper(this_disk=False) is not None  # a bucket: they see it as we do
+    assert Placement(existing=dask_client).mapper(this_disk=True) is not None  # a local cluster sees it

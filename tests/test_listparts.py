@@ -274,7 +274,37 @@ def test_a_bad_part_of_a_folder_manifest_is_named_with_its_rows(tmp_path):
     with pytest.raises(imgtools.SourceError) as err:
         imgtools.presize(str(folder), str(tmp_path / "out.zarr"), sizes=[8], workers=0, progress=False)
     assert "m.parquet' cannot be read in part-00001.parquet, row group 1 (rows 103 to 202)" in str(err.value)
-    empty = tmp_path / "empty.parquet"
+    empty = tmp_path / "empty.parquet"  # a writer's marker and no part
     empty.mkdir()
+    (empty / "_SUCCESS").write_bytes(b"")
     with pytest.raises(imgtools.SourceError, match="is a folder without .parquet parts"):
         imgtools.presize(str(empty), str(tmp_path / "out2.zarr"), sizes=[8], workers=0, progress=False)
+
+
+def test_a_manifest_whose_first_batch_has_no_label_is_listed_in_runs_of_row_groups(tmp_path, monkeypatch):
+    """A part written batch after batch takes a column without any value in its first batch as text."""
+    monkeypatch.setattr(listparts, "PART_ROWS", 2)  # batches of 2 rows within runs of one row group of 4
+    labels = [None, None, "x", "y", None, "x", "y", "x"]
+    pd.DataFrame({"path": [f"{i}.jpg" for i in range(8)], "label": labels}).to_parquet(
+        tmp_path / "m.parquet", index=False, row_group_size=4)
+    source = str(tmp_path / "m.parquet")
+    location = Location.resolve(str(tmp_path / "dest"))
+    parts = listparts.write_listing(source, location, mapper=lambda work, items: [work(i) for i in items])
+    assert parts.counts == (4, 4) and parts.label_names == ("x", "y")
+    pd.testing.assert_frame_equal(listparts.load_listing(location, parts).items, list_source(source).items)
+
+
+def test_a_folder_of_images_named_like_a_parquet_file_is_listed_as_images(tmp_path):
+    folder = tmp_path / "photos.parquet"
+    (folder / "cats").mkdir(parents=True)
+    (folder / "cats" / "1.jpg").write_bytes(JPEG)
+    assert list_source(str(folder)).items["relpath"].tolist() == ["cats/1.jpg"]
+    assert imgtools.dry_run(str(folder), str(tmp_path / "out.zarr"), sizes=[8]).inputs == 1
+
+
+def test_a_csv_manifest_that_breaks_part_way_names_the_rows_read_before(tmp_path, monkeypatch):
+    path = tmp_path / "m.csv"
+    path.write_text("path,label\n" + "".join(f"{i}.jpg,x\n" for i in range(5)) + '"broken,x\n')
+    monkeypatch.setattr(listparts, "PART_ROWS", 2)
+    with pytest.raises(imgtools.SourceError, match="cannot be read after row 4"):
+        listparts.write_listing(str(path), Location.resolve(str(tmp_path / "dest")))

@@ -315,3 +315,18 @@ def test_a_rerun_stopped_while_writing_the_single_file_leaves_no_complete_output
     presize(src, dest)
     assert (dest / "manifest.parquet").read_bytes() == before
     assert not list(dest.glob("manifest.parquet.*"))  # the cut-short file was cleared
+
+
+def test_a_removal_cut_short_leaves_no_folder_that_looks_complete(src, tmp_path, parts, monkeypatch):
+    dest = tmp_path / "parts"
+    presize(src, dest)
+    location = Location.resolve(str(dest))
+    assert manifest_form(location) is ManifestForm.FOLDER
+
+    def killed(self, path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(location.fs), "rm", killed)  # killed once _SUCCESS is gone, before the parts go
+    with pytest.raises(KeyboardInterrupt):
+        manifest.remove_manifest(location)
+    assert manifest_form(location) is None and (dest / "manifest.parquet" / "part-00000.parquet").exists()

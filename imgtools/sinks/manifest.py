@@ -253,5 +253,9 @@ def remove_manifest(location: Location) -> None:
     """Remove the manifest at ``location``, either form, complete or not (nothing when there is none)."""
     fs, path = location.fs, location.path(MANIFEST)
     if fs.exists(path):
+        done = posixpath.join(path, DONE_FILE)
+        if fs.isdir(path) and fs.exists(done):  # first: a removal cut short leaves no folder that looks complete
+            fs.rm_file(done)
+            fs.invalidate_cache(path)
         fs.rm(path, recursive=True)
         fs.invalidate_cache(path)

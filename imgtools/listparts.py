@@ -109,13 +109,10 @@ def _part_path(location: Location, k: int) -> str:
 
 
 def _write_part(location: Location, k: int, rows: pd.DataFrame) -> tuple[int, set[str], int, bool]:
-    """Part ``k``: (rows, labels, digest, streams); an empty part is not written."""
+    """Part ``k`` of rows held whole: (rows, labels, digest, streams); an empty part is not written."""
     if not len(rows):
         return 0, set(), 0, False
-    buf = io.BytesIO()
-    rows.to_parquet(buf, index=False, engine="pyarrow", row_group_size=_ROW_GROUP)
-    location.fs.pipe_file(_part_path(location, k), buf.getvalue())
-    return len(rows), *_summary(rows)
+    return _write_batches(location, k, iter([rows]))
 
 
 def _summary(rows: pd.DataFrame) -> tuple[set[str], int, bool]:
@@ -127,7 +124,7 @@ def _summary(rows: pd.DataFrame) -> tuple[set[str], int, bool]:
 
 def _write_batches(location: Location, k: int, batches: Iterator[pd.DataFrame]) -> tuple[int, set[str], int, bool]:
     """Part ``k`` written batch after batch (a manifest's row groups, however big, in the memory of one
-    batch); its summary as :func:`_write_part`'s."""
+    batch): (rows, labels, digest, streams); a part without rows is removed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

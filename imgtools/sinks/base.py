@@ -14,14 +14,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-import os
 import posixpath
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from fsspec.implementations.local import LocalFileSystem
 
 from ..config import OutputFormat, PresizeConfig
 from ..errors import UnsupportedError
@@ -115,14 +113,8 @@ class Sink(abc.ABC):
         """Replace a file so that a kill leaves the old file or the new one, never a part of it: on a local
         disk, a temporary ``<name>.<run>.partial`` beside it renamed over it; stores that replace an object
         whole (buckets) take it as it is."""
-        if not isinstance(self.fs, LocalFileSystem):
-            return self.put(relpath, data)
-        path = self.path(relpath)
-        temporary = f"{path}.{self.ledger.run_id}.partial"
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with open(temporary, "wb") as f:
+        with self.ledger.open_whole(relpath) as f:
             f.write(data)
-        os.replace(temporary, path)
 
     # ---- client side -------------------------------------------------------------------------------
     def prepare(self, n: int, job: dict[str, Any], overwrite: bool = False, keep: int | None = None) -> None:

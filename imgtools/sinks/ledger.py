@@ -31,8 +31,8 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -100,6 +100,19 @@ class RunLedger:
         path = self.path(relpath)
         self.location.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         self.location.fs.pipe_file(path, data)
+
+    @contextlib.contextmanager
+    def open_whole(self, relpath: str) -> Iterator[IO[bytes]]:
+        """A file to write ``relpath`` in, so that a kill leaves the old file or the new one, never part of
+        it: on a local disk a temporary ``<name>.<run>.partial`` beside it, renamed over it once written;
+        a bucket's object appears whole when it is closed, and is written in place."""
+        fs, path = self.location.fs, self.path(relpath)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        target = f"{path}.{self.run_id}.partial" if self.location.local else path
+        with fs.open(target, "wb") as f:
+            yield f
+        if target != path:
+            os.replace(target, path)
 
     # ---- the job -----------------------------------------------------------------------------------
     def open(self, overwrite: bool = False) -> None:
@@ -341,17 +354,11 @@ class RunLedger:
         remove_manifest(self.location)  # one of the other form (prepare removed it unless DEST had no job record)
         if rows.n <= MANIFEST_PART_ROWS:
             tally = ManifestTally(per_row=per_row)
-            path = self.path(MANIFEST)
-            # a local file is written under another name and renamed: killed mid-write, a rerun of a finished job
-            # would otherwise leave part of a manifest beside the attributes of the finished output (a bucket's
-            # object appears whole when it is closed)
-            target = f"{path}.{self.run_id}.partial" if self.location.local else path
-            for leftover in self.location.fs.glob(f"{path}.*.partial") if self.location.local else ():
-                self.location.fs.rm_file(leftover)  # an earlier run's, killed mid-write
-            with self.location.fs.open(target, "wb") as f:
+            for leftover in self.location.fs.glob(f"{self.path(MANIFEST)}.*.partial") if self.location.local else ():
+                self.location.fs.rm_file(leftover)  # an earlier run's, killed mid-write (see open_whole)
+            # killed mid-write, a rerun of a finished job must not leave part of a manifest beside its attributes
+            with self.open_whole(MANIFEST) as f:
                 write_rows(f, tally.count(rows.read(range(rows.chunks), self.read_marker)))
-            if target != path:
-                os.replace(target, path)
             return tally
         import pyarrow as pa
 

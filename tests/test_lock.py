@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -220,7 +221,8 @@ def test_a_live_lock_is_refused_naming_dest_holder_and_age(store):
         RunLock(Location.resolve(loc.url, store.options)).acquire()
     message = str(refused.value)
     assert "\n" not in message and repr(loc.url) in message
-    assert f"pid {os.getpid()} on {socket.gethostname()}, last seen 0 s ago" in message
+    seen = re.search(rf"pid {os.getpid()} on {re.escape(socket.gethostname())}, last seen (\d+) s ago", message)
+    assert seen and int(seen.group(1)) <= 5, message  # the holder was just written; a loaded CI machine takes a second
     assert _holder_of(loc).run == holder.run_id
     holder.release()
     assert _holder_of(loc) is None

@@ -76,7 +76,7 @@ def start_cluster(workers: int):
 
     with dask.config.set(WORKER_ENV_OVERRIDES):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               preload=["imgtools.cluster"])
+                               preload=["imgtools.localcluster"])
     return Client(cluster), cluster
 
 

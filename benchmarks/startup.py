@@ -12,7 +12,8 @@ printed, with the spread, min-max), all in one run, so the rows compare within i
   be a folder (a file of that name: so even root cannot write there) and a new empty ``XDG_CACHE_HOME``;
   where the kernels' cache went is printed;
 - fixed cost: t(N) - N / rate, rate = 3N / (t(4N) - t(N)) (a manifest of the N files listed four times),
-  with a warm Numba cache: what a run costs beyond its images (imports, cluster, workers, closing).
+  with a warm Numba cache: what a run costs beyond its images (imports, cluster, workers, closing); with
+  ``--quiet`` (no progress bar, so no dashboard) and again without it (a progress bar and the dashboard).
 
 It runs the tree it sits in (``PYTHONPATH`` is that tree) and, with ``--compare DIR``, another checkout
 of imgtools (``git archive <rev> | tar -x -C DIR``) in turns with it, round by round, as a second column:
@@ -55,8 +56,8 @@ def _timed(cmd: list[str], env: dict[str, str], cwd: pathlib.Path) -> float:
 
 
 def _presize(source: str, dest: pathlib.Path, env: dict[str, str], cwd: pathlib.Path,
-             workers: int | None = None) -> float:
-    cmd = [sys.executable, "-m", "imgtools.cli", "presize", source, str(dest), "--quiet"]
+             workers: int | None = None, quiet: bool = True) -> float:
+    cmd = [sys.executable, "-m", "imgtools.cli", "presize", source, str(dest)] + (["--quiet"] if quiet else [])
     cmd += [] if workers is None else ["--workers", str(workers)]
     try:
         return _timed(cmd, env, cwd)
@@ -97,6 +98,11 @@ def _round(root: pathlib.Path, data: str, small: pathlib.Path, manifest4: pathli
     rate = 3 * n / max(t4 - t1, 1e-9)
     add("steady rate, images/s", rate)
     add(f"fixed cost of a {n}-image run", t1 - n / rate)
+    # the same, shown: a progress bar on stderr and the cluster's dashboard, whose link is printed
+    shown1 = _presize(data, tmp / "o", env, root, workers, quiet=False)
+    shown4 = _presize(str(manifest4), tmp / "o", env, root, workers, quiet=False)
+    shown_rate = 3 * n / max(shown4 - shown1, 1e-9)
+    add(f"fixed cost of a {n}-image run, progress bar and dashboard", shown1 - n / shown_rate)
     shutil.rmtree(tmp, ignore_errors=True)
     return landed
 

@@ -215,8 +215,10 @@ def _presize(args: argparse.Namespace) -> int:
         return 0
     from .cluster import EarlyCluster
 
-    # a local cluster of N workers starts now, while the pipeline loads and SOURCE is listed
-    early = EarlyCluster(args.workers) if args.workers is not None and args.workers >= 1 else None
+    # a local cluster of N workers starts now, while the pipeline loads and SOURCE is listed; with --quiet
+    # nobody is shown the dashboard's link, so it has none
+    local = args.workers is not None and args.workers >= 1
+    early = EarlyCluster(args.workers, dashboard=not args.quiet) if local else None
     try:
         from .pipeline import presize
 

@@ -9,6 +9,8 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -107,6 +109,18 @@ def test_an_early_cluster_serves_the_jobs_that_need_one_and_closes_after():
                 assert client.submit(sum, [1, 2]).result() == 3
         assert client.status == "running"  # the caller's to close, not the job's
     assert client.status == "closed"
+
+
+@pytest.mark.parametrize("dashboard", [True, False])
+def test_an_early_cluster_has_a_dashboard_only_when_asked(dashboard):
+    with EarlyCluster(1, dashboard=dashboard) as early:
+        port = early.client().scheduler_info()["services"]["dashboard"]  # the HTTP server runs either way
+        try:
+            status = urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).status
+        except urllib.error.HTTPError as refused:
+            status = refused.code
+        assert status == (200 if dashboard else 404)
+        assert early.client().submit(sum, [1, 2]).result() == 3
 
 
 def test_an_early_cluster_of_no_workers_is_refused_naming_them():

@@ -100,13 +100,13 @@ def test_numba_cache_dir_given_by_the_user_is_kept(tmp_path):
 
 WARMED = """
 import json, sys, time
-from imgtools.cluster import _local_cluster
+from imgtools.localcluster import start_local_cluster
 
 def warmed():  # on the worker, with no task run: the preload's thread imported and loaded the kernels
     kernel = getattr(sys.modules.get("imgtools.resample"), "_rows_transposed", None)  # (maybe still importing)
     return bool(getattr(kernel, "signatures", None)) and "imgtools.pipeline" in sys.modules
 
-client = _local_cluster(1)
+client = start_local_cluster(1)
 cluster = client.cluster
 deadline = time.monotonic() + 120
 while not all(client.run(warmed).values()) and time.monotonic() < deadline:

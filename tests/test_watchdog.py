@@ -182,7 +182,7 @@ def hang_client(hang):
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           preload=["imgtools.cluster", "imgtools.testing.hang_plugin"])
+                           preload=["imgtools.localcluster", "imgtools.testing.hang_plugin"])
     client = Client(cluster)
     yield client
     client.close()

@@ -259,9 +259,9 @@ def test_a_zarr_chunk_write_cut_short_by_a_kill_leaves_no_temporary_file_after_t
 
 
 def test_zarr_writes_a_chunk_of_only_failed_images_as_a_chunk_object(tmp_path):
-    """Every chunk object is written, even all zeros: the arrays are opened again for each chunk, and
-    ``write_empty_chunks`` is a runtime setting zarr does not keep, so the sink must give it each time
-    (else zarr scans every chunk for fill values, which doubles a chunk write)."""
+    """Every chunk object is written, even all zeros: ``write_empty_chunks`` is a runtime setting zarr does
+    not keep, so the sink must give it to the arrays it opens (else zarr scans every chunk for fill values,
+    which doubles a chunk write)."""
     from imgtools import presize
 
     src = tmp_path / "src"
@@ -273,3 +273,20 @@ def test_zarr_writes_a_chunk_of_only_failed_images_as_a_chunk_object(tmp_path):
     assert report.failed == 4
     assert (dest / "16x16" / "images" / "c" / "0" / "0" / "0" / "0").is_file()
     assert (dest / "ok" / "c" / "0").is_file()
+
+
+def test_zarr_rerun_over_a_dest_this_process_wrote_writes_its_own_arrays(labelled_dir, tmp_path):
+    """The zarr sink keeps a run's opened arrays for its next chunks in the same process; a later run into
+    the same DEST (overwritten: other sizes, chunks and mode) must write through arrays of its own."""
+    dest = tmp_path / "o.zarr"
+    first = PresizeConfig.build(sizes=[16], mode="crop", chunk=32)
+    imgtools.presize(str(labelled_dir), str(dest), config=first, workers=0, progress=False)
+    again = PresizeConfig.build(sizes=[16, 24], mode="pad", chunk=16)
+    report = imgtools.presize(str(labelled_dir), str(dest), config=again, workers=0, progress=False, overwrite=True)
+    assert report.failed == 0
+    m = pd.read_parquet(dest / "manifest.parquet")
+    for key in again.size_keys:
+        stored = read_back(dest, "zarr", key)
+        for i in (0, 15, 16, 79):
+            np.testing.assert_array_equal(stored[i], process_image((labelled_dir / m["relpath"][i]).read_bytes(),
+                                                                   again).arrays[key])

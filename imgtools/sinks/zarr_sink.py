@@ -35,6 +35,14 @@ def _writable(group, name: str):
     return group[name].with_config(_WRITE_ALL)
 
 
+#: The arrays a run writes, opened once in each process that writes its chunks, by (DEST, run id): opening
+#: the group and its arrays again for every chunk read their metadata each time (~3 ms a chunk). A run's
+#: arrays keep their shape and codecs while its chunks are written (an append grows them before, in
+#: ``prepare``); a new run has a new id. The last few runs of a long-lived worker are kept.
+_OPENED: dict[tuple[str, str], dict[str, Any]] = {}
+_OPENED_RUNS = 4
+
+
 def _zarr_store(fs, root: str, storage_options: dict[str, Any]):
     if isinstance(fs, LocalFileSystem):  # zarr's own local store makes folders as it writes
         return zarr.storage.LocalStore(root)
@@ -81,9 +89,7 @@ class ZarrSink(Sink):
 
     def _grow(self, group, n: int) -> None:
         """Every array of the group to ``n`` rows (metadata only: no chunk is touched), ``labels`` last."""
-        names = [f"{key}/{kind}" for key in self.config.size_keys
-                 for kind in ("images", "masks") if kind == "images" or self.config.masks]
-        for name in [*names, "ok", "labels"]:
+        for name in self._names():
             array = group[name]
             array.resize((n, *array.shape[1:]))
 
@@ -107,20 +113,36 @@ class ZarrSink(Sink):
         start = index * self.config.chunk
         _writable(self.group("r+"), f"{key}/{'masks' if masks else 'images'}")[start : start + len(arr)] = arr
 
+    def _names(self) -> list[str]:
+        """The arrays of this output, ``labels`` last."""
+        return [*(f"{key}/{kind}" for key in self.config.size_keys
+                  for kind in ("images", "masks") if kind == "images" or self.config.masks), "ok", "labels"]
+
+    def _arrays(self) -> dict[str, Any]:
+        """This run's arrays, by name, opened to write (once per process: see ``_OPENED``)."""
+        run = (self.url, self.ledger.run_id)
+        arrays = _OPENED.get(run)
+        if arrays is None:
+            group = self.group("r+")
+            arrays = {name: _writable(group, name) for name in self._names()}
+            while len(_OPENED) >= _OPENED_RUNS:
+                _OPENED.pop(next(iter(_OPENED)))
+            _OPENED[run] = arrays
+        return arrays
+
     def _write(self, chunk: Chunk) -> None:
-        group = self.group("r+")
+        arrays = self._arrays()
         stop = chunk.start + len(chunk.rows)
         # rows an earlier run wrote (an append's base) are left out: zarr merges the rest into the chunk object
         start = min(max(chunk.start, self.kept), stop)
         skip = start - chunk.start
         for size, key in zip(self.config.sizes, self.config.size_keys):
-            _writable(group, f"{key}/images")[start : stop] = chunk.stacked(key, size.height, size.width,
-                                                                            channels=self.config.channels)[skip:]
+            arrays[f"{key}/images"][start : stop] = chunk.stacked(key, size.height, size.width,
+                                                                  channels=self.config.channels)[skip:]
             if self.config.masks:
-                _writable(group, f"{key}/masks")[start : stop] = chunk.stacked(key, size.height, size.width,
-                                                                                masks=True)[skip:]
-        _writable(group, "ok")[start : stop] = chunk.ok[skip:]
-        _writable(group, "labels")[start : stop] = chunk.labels[skip:]
+                arrays[f"{key}/masks"][start : stop] = chunk.stacked(key, size.height, size.width, masks=True)[skip:]
+        arrays["ok"][start : stop] = chunk.ok[skip:]
+        arrays["labels"][start : stop] = chunk.labels[skip:]
 
     def _finalize(self, ok: np.ndarray | None, labels: np.ndarray | None) -> None:  # ok, labels went with the chunks
         # zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it; a run killed in

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import enum
 import functools
+import importlib.util
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
 
@@ -32,7 +34,45 @@ __all__ = [
     "hwc_to_chw",
     "chw_to_hwc",
     "jit",
+    "import_numba",
 ]
+
+
+def import_numba() -> ModuleType:
+    """Numba, imported without its import of SciPy's linear algebra (0.2 s of every process's first kernel).
+
+    On the first compile or cache load Numba imports ``numba.np.arraymath``, which imports
+    ``scipy.linalg.cython_blas`` (all of ``scipy.linalg``, when SciPy is installed) only to note whether
+    BLAS is there; none of imgtools' kernels uses BLAS. This imports that module first with the check
+    deferred and records the same answer from whether SciPy is installed; functions that do use BLAS
+    (``np.dot`` in a jitted function) still import SciPy when they are compiled, as before.
+
+    Examples
+    --------
+    >>> import_numba().__name__
+    'numba'
+    """
+    import numba
+
+    if "numba.np.arraymath" not in sys.modules:
+        try:
+            from numba.np import linalg
+        except ImportError:  # pragma: no cover - another Numba's layout: its own import, as it is
+            return numba
+        check = linalg.ensure_blas
+        linalg.ensure_blas = _deferred
+        try:
+            from numba.np import arraymath
+        finally:
+            linalg.ensure_blas = check
+        if getattr(arraymath, "ensure_blas", None) is _deferred:
+            arraymath.ensure_blas = check
+            arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+    return numba
+
+
+def _deferred() -> None:
+    """Stands in for Numba's BLAS check while ``numba.np.arraymath`` is imported (see :func:`import_numba`)."""
 
 
 def jit(func: Callable | None = None, **options) -> Callable:
@@ -57,8 +97,7 @@ def jit(func: Callable | None = None, **options) -> Callable:
     def first_call(*args):
         dispatcher = first_call.dispatcher
         if dispatcher is None:
-            import numba
-
+            numba = import_numba()
             dispatcher = first_call.dispatcher = numba.njit(cache=True, nogil=True, **options)(func)
             if namespace is not None and namespace.get(func.__name__) is first_call:
                 namespace[func.__name__] = dispatcher

@@ -17,8 +17,11 @@ from __future__ import annotations
 import enum
 import math
 
-import numba
 import numpy as np
+
+from .kernels import import_numba
+
+numba = import_numba()
 
 __all__ = ["Filter", "resample", "resample_ref", "coefficients"]
 

@@ -55,6 +55,34 @@ def test_public_names_resolve_on_first_use_and_inspect_stays_the_function():
         imgtools.no_such_name  # noqa: B018
 
 
+LEAN_NUMBA = """
+import importlib.util, json, sys
+import numpy as np
+from imgtools.config import PresizeConfig
+from imgtools.resize import resize_all
+resize_all(np.zeros((8, 8, 3), np.uint8), PresizeConfig.build(sizes=[4]), (8, 8))
+import numba
+from numba.np import arraymath
+lean = "scipy.linalg" not in sys.modules
+recorded = arraymath._HAVE_BLAS
+
+@numba.njit
+def uses_blas(a, b):
+    return np.dot(a, b), np.correlate(a, b)[0]
+
+got = uses_blas(np.arange(3.0), np.ones(3))
+print(json.dumps([lean, recorded, arraymath._check_blas(), [float(v) for v in got],
+                  importlib.util.find_spec("scipy") is not None]))
+"""
+
+
+def test_kernels_load_without_scipy_linalg_and_numba_keeps_its_blas_answer():
+    lean, recorded, checked, got, have_scipy = fresh_python(LEAN_NUMBA)
+    assert lean, "loading the resampler imported scipy.linalg"
+    assert recorded == checked == have_scipy  # the answer Numba's own check gives, SciPy imported or not
+    assert got == [3.0, 3.0]  # a jitted np.dot and np.correlate still work (SciPy imported on their compile)
+
+
 RESIZE_AND_CONVERT = """
 import json, os, numpy as np
 import imgtools

@@ -232,7 +232,8 @@ def _payoff(files: list[str], tmp: pathlib.Path, client) -> dict[str, float]:
                          for i in np.sort(idx) for k in [np.searchsorted(starts, i, "right") - 1]])
 
     out = {}
-    for name, load in (("decode + resize the originals", originals), ("zarr store (lz4 chunks)", from_zarr),
+    for name, load in (("decode + resize the originals", originals),
+                       ("zarr store, zarr.get_orthogonal_selection", from_zarr),
                        ("npy parts, memory-mapped", from_npy)):
         times = []
         for _ in range(5):

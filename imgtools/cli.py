@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="list and plan only: print the inputs, labels, chunks, tasks and output size; write nothing")
     p.add_argument("--strict", action="store_true", help="exit 1 when any image failed")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (and a local cluster started for the run has no dashboard)")
 
     d = sub.add_parser("derive", help="add smaller sizes to a zarr/npy output from a stored size, without decoding",
                        parents=[cluster, storage])

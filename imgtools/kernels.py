@@ -14,7 +14,9 @@ from __future__ import annotations
 import enum
 import functools
 import importlib.util
+import pathlib
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
 
@@ -44,8 +46,9 @@ def import_numba() -> ModuleType:
     On the first compile or cache load Numba imports ``numba.np.arraymath``, which imports
     ``scipy.linalg.cython_blas`` (all of ``scipy.linalg``, when SciPy is installed) only to note whether
     BLAS is there; none of imgtools' kernels uses BLAS. This imports that module first with the check
-    deferred and records the same answer from whether SciPy is installed; functions that do use BLAS
-    (``np.dot`` in a jitted function) still import SciPy when they are compiled, as before.
+    deferred and records the same answer from whether SciPy's ``cython_blas`` is installed; functions that
+    do use BLAS (``np.dot`` in a jitted function) still import SciPy, and run Numba's check, when they are
+    compiled, as before. Thread-safe; a no-op once ``numba.np.arraymath`` is imported.
 
     Examples
     --------
@@ -54,25 +57,46 @@ def import_numba() -> ModuleType:
     """
     import numba
 
-    if "numba.np.arraymath" not in sys.modules:
+    with _NUMBA_IMPORT:  # the patch below is process-wide: one thread at a time, and only once
+        if "numba.np.arraymath" in sys.modules:
+            return numba
         try:
             from numba.np import linalg
         except ImportError:  # pragma: no cover - another Numba's layout: its own import, as it is
             return numba
         check = linalg.ensure_blas
+        if check is _deferred:  # pragma: no cover - left patched by an import that failed part-way
+            return numba
         linalg.ensure_blas = _deferred
+        _deferred.called = False
         try:
             from numba.np import arraymath
         finally:
             linalg.ensure_blas = check
         if getattr(arraymath, "ensure_blas", None) is _deferred:
             arraymath.ensure_blas = check
-            arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+        if _deferred.called and hasattr(arraymath, "_HAVE_BLAS"):  # it asked while importing: our answer
+            arraymath._HAVE_BLAS = _scipy_blas_installed()
     return numba
+
+
+_NUMBA_IMPORT = threading.Lock()
 
 
 def _deferred() -> None:
     """Stands in for Numba's BLAS check while ``numba.np.arraymath`` is imported (see :func:`import_numba`)."""
+    _deferred.called = True
+
+
+_deferred.called = False
+
+
+def _scipy_blas_installed() -> bool:
+    """Whether SciPy's ``scipy.linalg.cython_blas`` is installed, found without importing ``scipy.linalg``
+    (what Numba's own check imports)."""
+    spec = importlib.util.find_spec("scipy")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return any(next(pathlib.Path(folder, "linalg").glob("cython_blas*"), None) is not None for folder in folders)
 
 
 def jit(func: Callable | None = None, **options) -> Callable:

@@ -62,8 +62,10 @@ def start_local_cluster(workers: int | None, dashboard: bool = True) -> Client:
     import dask
 
     with dask.config.set(WORKER_ENV_OVERRIDES):  # and so the nanny leaves this process's environment alone
-        # the scheduler's HTTP server (health, metrics) runs either way, on a free port
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=_dashboard_port(),
+        # the scheduler's HTTP server (health, metrics) runs either way: on Dask's usual port when it serves the
+        # dashboard and that port is free, else on any free one
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=_dashboard_port() if dashboard else ":0",
                                scheduler_kwargs=None if dashboard else {"dashboard": False},
                                preload=[__name__])  # dask_setup below, in each worker
     return Client(cluster)

@@ -3,6 +3,7 @@ bool, ``labels`` (N,) int32, and with masks ``<size>/masks`` (N, H, W) uint8."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
@@ -41,6 +42,7 @@ def _writable(group, name: str):
 #: ``prepare``); a new run has a new id. The last few runs of a long-lived worker are kept.
 _OPENED: dict[tuple[str, str], dict[str, Any]] = {}
 _OPENED_RUNS = 4
+_OPENING = threading.Lock()
 
 
 def _zarr_store(fs, root: str, storage_options: dict[str, Any]):
@@ -121,13 +123,14 @@ class ZarrSink(Sink):
     def _arrays(self) -> dict[str, Any]:
         """This run's arrays, by name, opened to write (once per process: see ``_OPENED``)."""
         run = (self.url, self.ledger.run_id)
-        arrays = _OPENED.get(run)
-        if arrays is None:
-            group = self.group("r+")
-            arrays = {name: _writable(group, name) for name in self._names()}
-            while len(_OPENED) >= _OPENED_RUNS:
-                _OPENED.pop(next(iter(_OPENED)))
-            _OPENED[run] = arrays
+        with _OPENING:  # threaded workers write chunks of one run side by side
+            arrays = _OPENED.get(run)
+            if arrays is None:
+                group = self.group("r+")
+                arrays = {name: _writable(group, name) for name in self._names()}
+                while len(_OPENED) >= _OPENED_RUNS:
+                    _OPENED.pop(next(iter(_OPENED)))
+                _OPENED[run] = arrays
         return arrays
 
     def _write(self, chunk: Chunk) -> None:

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .kernels import import_numba
+from .jit import import_numba
 
 numba = import_numba()
 

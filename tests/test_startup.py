@@ -58,18 +58,18 @@ def test_public_names_resolve_on_first_use_and_inspect_stays_the_function():
 LEAN_NUMBA = """
 import json, sys, threading
 import numpy as np
-import imgtools.kernels as kernels
+import imgtools.jit as lazy
 from imgtools.config import PresizeConfig
 from imgtools.resize import resize_all
 # several threads reach Numba's first import at once (as a DataLoader's threads can)
-threads = [threading.Thread(target=kernels.import_numba) for _ in range(8)]
+threads = [threading.Thread(target=lazy.import_numba) for _ in range(8)]
 [t.start() for t in threads]
 [t.join() for t in threads]
 resize_all(np.zeros((8, 8, 3), np.uint8), PresizeConfig.build(sizes=[4]), (8, 8))
 import numba
 from numba.np import arraymath, linalg
 lean = "scipy.linalg" not in sys.modules
-restored = linalg.ensure_blas is not kernels._deferred and arraymath.ensure_blas is linalg.ensure_blas
+restored = linalg.ensure_blas is not lazy._deferred and arraymath.ensure_blas is linalg.ensure_blas
 recorded = arraymath._HAVE_BLAS
 
 @numba.njit

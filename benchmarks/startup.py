@@ -91,17 +91,20 @@ def _round(root: pathlib.Path, data: str, small: pathlib.Path, manifest4: pathli
     landed = f"{_cache_files(tmp / 'xdg')} cache index files under XDG_CACHE_HOME, {_cache_files(site)} in the package"
     env = _env(root, NUMBA_CACHE_DIR=str(tmp / "numba-w"))
     add(f"{n} images, 1st run (cold cache)", _presize(data, tmp / "o", env, root, workers))
-    t1 = _presize(data, tmp / "o", env, root, workers)
+
+    def steady(quiet: bool) -> tuple[float, float, float]:
+        """(t(N), t(4N), images/s in steady state) of N and 4N images from the shell."""
+        once = _presize(data, tmp / "o", env, root, workers, quiet=quiet)
+        four = _presize(str(manifest4), tmp / "o", env, root, workers, quiet=quiet)
+        return once, four, 3 * n / max(four - once, 1e-9)
+
+    t1, t4, rate = steady(quiet=True)
     add(f"{n} images, 2nd run", t1)
-    t4 = _presize(str(manifest4), tmp / "o", env, root, workers)
     add(f"{4 * n} images (manifest)", t4)
-    rate = 3 * n / max(t4 - t1, 1e-9)
     add("steady rate, images/s", rate)
     add(f"fixed cost of a {n}-image run", t1 - n / rate)
     # the same, shown: a progress bar on stderr and the cluster's dashboard, whose link is printed
-    shown1 = _presize(data, tmp / "o", env, root, workers, quiet=False)
-    shown4 = _presize(str(manifest4), tmp / "o", env, root, workers, quiet=False)
-    shown_rate = 3 * n / max(shown4 - shown1, 1e-9)
+    shown1, _, shown_rate = steady(quiet=False)
     add(f"fixed cost of a {n}-image run, progress bar and dashboard", shown1 - n / shown_rate)
     shutil.rmtree(tmp, ignore_errors=True)
     return landed

@@ -48,8 +48,6 @@ def import_numba() -> ModuleType:
         except ImportError:  # pragma: no cover - another Numba's layout: its own import, as it is
             return numba
         check = linalg.ensure_blas
-        if check is _deferred:  # pragma: no cover - left patched by an import that failed part-way
-            return numba
         linalg.ensure_blas = _deferred
         _deferred.called = False
         try:
